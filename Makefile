@@ -1,0 +1,29 @@
+# Every target builds what it needs from nothing but a Python interpreter.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint run check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check esm_tasks tests docs_src
+	$(BIN)/ruff check esm_tasks tests docs_src
+	$(BIN)/mypy esm_tasks
+
+check: lint test
+
+run: $(STAMP)
+	$(BIN)/python -m uvicorn docs_src.demo:app --host 127.0.0.1 --port 8000 --log-level info
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

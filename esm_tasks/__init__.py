@@ -1,0 +1,40 @@
+"""Background tasks declared on Lilya routes, merged with every other source, all run."""
+
+from ._app import App
+from ._decorators import delete, get, patch, post, put, route
+from ._params import Depends
+from ._responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainText,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from ._routing import TaskRoute
+from ._tasks import BackgroundTask, BackgroundTasks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BackgroundTask",
+    "BackgroundTasks",
+    "Depends",
+    "FileResponse",
+    "HTMLResponse",
+    "JSONResponse",
+    "PlainText",
+    "RedirectResponse",
+    "Response",
+    "StreamingResponse",
+    "TaskRoute",
+    "__version__",
+    "delete",
+    "get",
+    "patch",
+    "post",
+    "put",
+    "route",
+]

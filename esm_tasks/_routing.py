@@ -1,0 +1,139 @@
+"""The route a decorator returns, and the one function that serves it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio.to_thread
+from lilya.background import Task
+from lilya.compat import is_async_callable
+from lilya.requests import Request
+from lilya.responses import Response as LilyaResponse
+from lilya.routing import Path
+from lilya.types import Receive, Scope, Send
+
+from ._execution import run_steps
+from ._merge import merge
+from ._params import Binding, plan
+from ._responses import JSONResponse, ResponseDraft, ResponseTasks, build_response, take_background
+from ._tasks import BackgroundSpec, to_steps
+
+# Esmerald's defaults; a route serving several methods answers 200.
+DEFAULT_STATUS = {"POST": 201, "DELETE": 204}
+
+
+class TaskRoute(Path):
+    """A Lilya `Path` whose handler's declared tasks merge with every other source.
+
+    `fn` is the handler as written and `background` the tasks it declares, in
+    order; both are fixed at declaration and shared by every request.
+    """
+
+    fn: Callable[..., Any]
+    background: tuple[Task, ...]
+
+    def __init__(
+        self,
+        path: str,
+        fn: Callable[..., Any],
+        *,
+        methods: Sequence[str],
+        background: BackgroundSpec = None,
+        status_code: int | None = None,
+        name: str | None = None,
+        response_class: type[LilyaResponse] = JSONResponse,
+        include_in_schema: bool = True,
+    ) -> None:
+        methods = [method.upper() for method in methods]
+        where = f"{'/'.join(methods) or '(no method)'} {path}"
+        _check_route(where, path, fn, methods, status_code, response_class)
+        self.fn = fn
+        self.background = to_steps(background, f"{where}: background=")
+        if status_code is None:
+            status_code = DEFAULT_STATUS.get(methods[0], 200) if len(methods) == 1 else 200
+        self.status_code = status_code
+        self.response_class = response_class
+        super().__init__(
+            path,
+            _Endpoint(self),
+            methods=methods,
+            name=name or getattr(fn, "__name__", None),
+            include_in_schema=include_in_schema,
+        )
+        self.plan = plan(fn, frozenset(self.param_convertors), where)
+        self.call_handler = _async_caller(fn)
+
+    def __repr__(self) -> str:
+        return f"TaskRoute({'/'.join(self.methods or ())} {self.path} -> {self.fn.__qualname__})"
+
+
+class _Endpoint:
+    """The route's ASGI app. Not a function, so Lilya calls it as ASGI as is."""
+
+    __slots__ = ("route",)
+
+    def __init__(self, route: TaskRoute) -> None:
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.route
+        plan = route.plan
+        request = Request(scope, receive)
+        tasks = ResponseTasks() if plan.needs_tasks else None
+        draft = ResponseDraft(route.status_code, tasks) if tasks is not None and plan.needs_draft else None
+        stack = contextlib.AsyncExitStack() if plan.has_exits else None
+        binding = Binding(request, tasks, draft, stack)
+        async with stack or contextlib.nullcontext():
+            if plan.reads_body:
+                binding.body = await request.body()
+            kwargs = await plan.bind(binding)
+            if binding.errors:
+                await JSONResponse({"detail": binding.errors}, status_code=422)(scope, receive, send)
+                return
+            result = await route.call_handler(**kwargs)
+            response = build_response(result, route.response_class, route.status_code, draft)
+        steps = merge(route.background, tasks, take_background(response))
+        try:
+            await response(scope, receive, send)
+        finally:
+            # The handler returned: its tasks are owed, even if sending failed.
+            if steps:
+                await run_steps(steps, scope)
+
+
+def _async_caller(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if is_async_callable(fn):
+        return fn
+
+    async def call_in_thread(**kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs))
+
+    return call_in_thread
+
+
+def _check_route(
+    where: str,
+    path: str,
+    fn: object,
+    methods: list[str],
+    status_code: int | None,
+    response_class: object,
+) -> None:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"{where}: a route path must be a string starting with '/', got {path!r}")
+    if not methods:
+        raise ValueError(f"route {path}: give at least one HTTP method")
+    if not callable(fn) or inspect.isclass(fn):
+        raise TypeError(f"{where}: the decorated handler must be a function, got {fn!r}")
+    if status_code is not None and not (
+        isinstance(status_code, int) and 100 <= status_code <= 599
+    ):
+        raise ValueError(f"{where}: status_code must be an int from 100 to 599, got {status_code!r}")
+    if not (inspect.isclass(response_class) and issubclass(response_class, LilyaResponse)):
+        raise TypeError(
+            f"{where}: response_class must be a Lilya response class, got {response_class!r}"
+        )

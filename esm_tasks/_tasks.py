@@ -1,0 +1,207 @@
+"""Tasks: one call to make after a response, and ordered collections of them."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, TypeAlias, Union
+
+import anyio
+import anyio.to_thread
+from lilya.background import Task, Tasks
+from lilya.compat import is_async_callable
+
+from ._execution import run_isolated
+
+P = ParamSpec("P")
+
+# Whether a call shape binds depends only on the function's code and on which
+# defaults it has, so one check serves every later call of the same shape.
+# Closures made per request share their code object, which keeps this bounded.
+_ShapeKey = tuple[types.CodeType, int, tuple[str, ...], int, tuple[str, ...]]
+_good_shapes: set[_ShapeKey] = set()
+_MAX_SHAPES = 4096
+
+
+def task_name(func: Callable[..., Any]) -> str:
+    """The qualified name of a task's function, looking through partials."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__qualname__", None)
+    return name if isinstance(name, str) else type(func).__qualname__
+
+
+def _shape_key(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # Only plain functions qualify: a __dict__ may hold __wrapped__ or
+    # __signature__, which change what inspect.signature reports.
+    if type(func) is not types.FunctionType or func.__dict__:
+        return None
+    return (
+        func.__code__,
+        len(func.__defaults__ or ()),
+        tuple(func.__kwdefaults__ or ()),
+        len(args),
+        tuple(kwargs),
+    )
+
+
+def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise TypeError, naming the function, unless `func(*args, **kwargs)` would bind."""
+    if inspect.iscoroutine(func):
+        name = func.__qualname__
+        func.close()  # it will never run; closing it silences "never awaited"
+        raise TypeError(
+            f"a background task needs a function, but got the coroutine {name}(...): "
+            f"pass {name} and its arguments separately, e.g. BackgroundTask({name}, ...)"
+        )
+    if not callable(func):
+        raise TypeError(
+            f"a background task needs a callable, but got {func!r} ({type(func).__name__})"
+        )
+    key = _shape_key(func, args, kwargs)
+    if key is not None and key in _good_shapes:
+        return
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have no signature to check against
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        name = task_name(func)
+        raise TypeError(
+            f"the arguments given for background task {name} do not fit "
+            f"{name}{signature}: {error}"
+        ) from None
+    if key is not None:
+        if len(_good_shapes) >= _MAX_SHAPES:
+            _good_shapes.clear()
+        _good_shapes.add(key)
+
+
+class BackgroundTask(Task):
+    """One call of `func(*args, **kwargs)`, made after the response is sent.
+
+    Arguments are checked against `func`'s signature here, not after a
+    response. A `def` function runs in a worker thread, an `async def` one on
+    the event loop. An exception it raises is logged on the `esm_tasks` logger
+    and stops nothing else.
+    """
+
+    __slots__ = ("_is_async", "name")
+
+    def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        check_call(func, args, kwargs)
+        self._set(func, args, kwargs)
+
+    @classmethod
+    def _adopt(cls, task: Task) -> BackgroundTask:
+        """Take over a plain Lilya task, already built, so that it is isolated too."""
+        func = task.func
+        # Lilya wraps a sync function in an AsyncCallable; name the user's one.
+        inner = getattr(func, "_callable", func)
+        adopted = cls.__new__(cls)
+        adopted._set(func, task.args, task.kwargs)
+        adopted.name = task_name(inner)
+        return adopted
+
+    def _set(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.name = task_name(func)
+        self._is_async = is_async_callable(func)
+
+    async def invoke(self) -> None:
+        """Call the function; unlike awaiting the task, this lets errors through."""
+        if self._is_async:
+            await self.func(*self.args, **self.kwargs)
+        else:
+            await anyio.to_thread.run_sync(functools.partial(self.func, *self.args, **self.kwargs))
+
+    async def __call__(self) -> None:
+        await run_isolated(self)
+
+    def __repr__(self) -> str:
+        return f"BackgroundTask({self.name})"
+
+
+class BackgroundTasks(Tasks):
+    """An ordered collection of tasks, itself one step of a larger run.
+
+    Members run one after another, or, with `as_group=True`, concurrently;
+    in a group one member's failure cancels none of the others.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, tasks: Iterable[BackgroundSpec] | None = None, as_group: bool = False) -> None:
+        self.tasks: list[Task] = list(to_steps(list(tasks), "BackgroundTasks(tasks=...)")) if tasks else []
+        self.as_group = as_group
+
+    @classmethod
+    def _adopt(cls, tasks: Tasks) -> BackgroundTasks:
+        """Take over a plain Lilya collection: its members get isolated too."""
+        return cls(tasks.tasks, as_group=tasks.as_group)
+
+    def add_task(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Append one call of `func(*args, **kwargs)`."""
+        self.tasks.append(BackgroundTask(func, *args, **kwargs))
+
+    async def __call__(self) -> None:
+        if not self.as_group:
+            for task in self.tasks:
+                await task()
+            return
+        async with anyio.create_task_group() as group:
+            for task in self.tasks:
+                group.start_soon(task)
+
+    def __repr__(self) -> str:
+        kind = "group" if self.as_group else "sequence"
+        return f"BackgroundTasks({kind}: {', '.join(map(repr, self.tasks))})"
+
+
+BackgroundSpec: TypeAlias = Union[Task, Callable[[], Any], Sequence["BackgroundSpec"], None]
+"""What `background=` takes: a task, a collection, a function without required
+arguments, a list or tuple of these nested to any depth, or None."""
+
+
+def to_steps(spec: BackgroundSpec, where: str) -> tuple[Task, ...]:
+    """Flatten a `background=` value into the steps it runs, in order.
+
+    Lists only sequence their items, so they flatten; a `BackgroundTasks`
+    stays whole, as one step. `where` names the declaration in errors.
+    """
+    if spec is None:
+        return ()
+    if isinstance(spec, (BackgroundTask, BackgroundTasks)):
+        return (spec,)
+    if isinstance(spec, Tasks):
+        return (BackgroundTasks._adopt(spec),)
+    if isinstance(spec, Task):
+        return (BackgroundTask._adopt(spec),)
+    if isinstance(spec, (list, tuple)):
+        return tuple(step for item in spec for step in to_steps(item, where))
+    if callable(spec):
+        try:
+            return (BackgroundTask(spec),)
+        except TypeError:
+            name = task_name(spec)
+            raise TypeError(
+                f"{where}: {name} needs arguments, so it cannot stand alone as a task; "
+                f"give them with BackgroundTask({name}, ...)"
+            ) from None
+    if inspect.iscoroutine(spec):
+        name = spec.__qualname__
+        spec.close()  # it will never run; closing it silences "never awaited"
+        raise TypeError(
+            f"{where}: got the coroutine {name}(...), a call instead of a task; "
+            f"write BackgroundTask({name}, ...)"
+        )
+    raise TypeError(
+        f"{where} takes a BackgroundTask, a BackgroundTasks, a function without required "
+        f"arguments, or a list of these; got {spec!r} ({type(spec).__name__})"
+    )
