@@ -51,14 +51,13 @@ async def run_isolated(task: NamedTask) -> None:
     """Run one task; an exception is logged here and goes no further."""
     info = _current.get()
     extra = {"task_name": task.name, "http_method": info.method, "http_path": info.path}
-    if logger.isEnabledFor(logging.DEBUG):
-        delay = (time.monotonic() - info.sent_at) * 1000 if info.sent_at else 0.0
+    debug = logger.isEnabledFor(logging.DEBUG)
+    started = time.monotonic()
+    if debug:
+        delay = (started - info.sent_at) * 1000 if info.sent_at else 0.0
         logger.debug(
             "task %s started %.1f ms after the response to %s %s",
-            task.name,
-            delay,
-            info.method,
-            info.path,
+            *(task.name, delay, info.method, info.path),
             extra=extra,
         )
     try:
@@ -66,8 +65,13 @@ async def run_isolated(task: NamedTask) -> None:
     except Exception:
         logger.exception(
             "task %s failed after the response to %s %s",
-            task.name,
-            info.method,
-            info.path,
+            *(task.name, info.method, info.path),
             extra=extra,
         )
+    else:
+        if debug:
+            logger.debug(
+                "task %s finished in %.1f ms (%s %s)",
+                *(task.name, (time.monotonic() - started) * 1000, info.method, info.path),
+                extra=extra,
+            )

@@ -12,6 +12,7 @@ import anyio
 import anyio.to_thread
 from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
+from lilya.concurrency import AsyncCallable
 
 from ._execution import run_isolated
 
@@ -100,11 +101,10 @@ class BackgroundTask(Task):
     def _adopt(cls, task: Task) -> BackgroundTask:
         """Take over a plain Lilya task, already built, so that it is isolated too."""
         func = task.func
-        # Lilya wraps a sync function in an AsyncCallable; name the user's one.
-        inner = getattr(func, "_callable", func)
+        if isinstance(func, AsyncCallable):  # Lilya's thread wrapper of a sync function
+            func = func._callable
         adopted = cls.__new__(cls)
         adopted._set(func, task.args, task.kwargs)
-        adopted.name = task_name(inner)
         return adopted
 
     def _set(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -1,0 +1,125 @@
+"""Helpers the tests share: an event log, an ASGI driver, an httpx client, a real server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+from lilya.types import ASGIApp, Message
+
+
+class Events(list[str]):
+    """One ordered record of what happened: the handler, the body, each task."""
+
+    def task(self, label: str) -> Callable[[], Any]:
+        async def record() -> None:
+            self.append(label)
+
+        record.__qualname__ = label
+        return record
+
+    def sync_task(self, label: str) -> Callable[[], None]:
+        def record() -> None:
+            self.append(label)
+
+        record.__qualname__ = label
+        return record
+
+
+@dataclass
+class Reply:
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+async def drive(
+    app: ASGIApp,
+    method: str,
+    path: str,
+    events: Events,
+    *,
+    body: bytes = b"",
+    query: str = "",
+    send_fails_after_start: bool = False,
+) -> Reply:
+    """Call `app` as a server would, logging "body sent" once the last chunk is handed over."""
+    reply = Reply()
+    messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            reply.status = message["status"]
+            reply.headers = {
+                (k.decode() if isinstance(k, bytes) else k).lower(): (
+                    v.decode() if isinstance(v, bytes) else v
+                )
+                for k, v in message["headers"]
+            }
+            events.append("response started")
+            return
+        if send_fails_after_start:
+            events.append("send failed")
+            raise OSError("client went away")
+        reply.body += message.get("body", b"")
+        if not message.get("more_body", False):
+            events.append("body sent")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query.encode(),
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    return reply
+
+
+@contextlib.asynccontextmanager
+async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@contextlib.contextmanager
+def serve(app: ASGIApp) -> Iterator[str]:
+    """Run `app` on a real uvicorn server on 127.0.0.1, in a thread; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:  # uvicorn offers a flag, not an event, for startup
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
