@@ -1,6 +1,35 @@
+import logging
+from collections.abc import Iterator
+
 import pytest
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class _Records(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def task_log() -> Iterator[list[logging.LogRecord]]:
+    """Every record of the `esm_tasks` logger during the test.
+
+    Listens on the logger itself: building a Lilya app reconfigures the root
+    logger, which would detach pytest's own capture handler.
+    """
+    records: list[logging.LogRecord] = []
+    handler = _Records(records)
+    logger = logging.getLogger("esm_tasks")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
