@@ -2,7 +2,7 @@
 
 Try, while watching the server's output:
 
-    curl -X POST localhost:8000/register -H 'content-type: application/json' -d '{"email": "ada@example.com"}'
+    curl -X POST localhost:8000/register -d '{"email": "ada@example.com"}'
     curl localhost:8000/items
     curl -X POST 'localhost:8000/orders/7/pay?amount=9.5'
     curl -X POST localhost:8000/slow
@@ -31,16 +31,13 @@ from esm_tasks import (
 log = logging.getLogger("esm_tasks.demo")
 
 
-def _configure_logging() -> None:
+def show_task_logs() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(message)s"))
     library = logging.getLogger("esm_tasks")
     library.handlers[:] = [handler]
     library.setLevel(logging.DEBUG)  # DEBUG: a line as each task starts, with its delay
     library.propagate = False
-
-
-_configure_logging()
 
 
 async def send_email(to: str, subject: str) -> None:
@@ -115,4 +112,4 @@ async def fail() -> dict[str, str]:
     return {"status": "the first task fails, is logged, and the second still runs"}
 
 
-app = App(routes=[index, register, items, pay, slow, fail])
+app = App(routes=[index, register, items, pay, slow, fail], on_startup=[show_task_logs])

@@ -39,7 +39,9 @@ _current: ContextVar[RunInfo] = ContextVar("esm_tasks_run", default=_NO_REQUEST)
 
 async def run_steps(steps: Iterable[Callable[[], Awaitable[None]]], scope: Scope) -> None:
     """Run one request's merged steps in order, after its response was sent."""
-    token = _current.set(RunInfo(scope.get("method", "-"), scope.get("path", "-"), time.monotonic()))
+    token = _current.set(
+        RunInfo(scope.get("method", "-"), scope.get("path", "-"), time.monotonic())
+    )
     try:
         for step in steps:
             await step()

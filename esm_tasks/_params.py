@@ -39,7 +39,7 @@ class Dependency:
         return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
 
 
-def Depends(dependency: Callable[..., Any]) -> Any:  # noqa: N802 (reads as a marker)
+def Depends(dependency: Callable[..., Any]) -> Any:
     """Make a parameter receive `dependency`'s value, computed once per request.
 
     `dependency` may be a function, an async function or a (async) generator
@@ -170,7 +170,12 @@ def _plan(
     return Plan(tuple(params), flags["tasks"], flags["draft"], flags["body"], flags["exits"])
 
 
-_FLAG_FIELDS = {"tasks": "needs_tasks", "draft": "needs_draft", "body": "reads_body", "exits": "has_exits"}
+_FLAG_FIELDS = {
+    "tasks": "needs_tasks",
+    "draft": "needs_draft",
+    "body": "reads_body",
+    "exits": "has_exits",
+}
 
 
 def _getter(
@@ -194,7 +199,10 @@ def _getter(
     if name in BODY_NAMES or (inspect.isclass(annotation) and issubclass(annotation, BaseModel)):
         flags["body"] = True
         return functools.partial(
-            _get_body, name, TypeAdapter(Any if annotation is _empty else annotation), parameter.default
+            _get_body,
+            name,
+            TypeAdapter(Any if annotation is _empty else annotation),
+            parameter.default,
         )
     many = _is_sequence(annotation)
     return functools.partial(_get_query, name, _adapter(annotation), parameter.default, many)
@@ -284,7 +292,9 @@ def _get_body(name: str, adapter: TypeAdapter[Any], default: Any, binding: Bindi
         return binding.invalid("body", "", error)
 
 
-async def _call_async(func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str, Any]) -> Any:
+async def _call_async(
+    func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str, Any]
+) -> Any:
     return await func(**values)
 
 

@@ -32,13 +32,16 @@ class ResponseTasks(BackgroundTasks):
     @overload
     def __call__(self) -> Coroutine[Any, Any, None]: ...
     @overload
-    def __call__(
-        self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    def __call__(  # "__func": mypy rejects "/" with this implementation
+        self, __func: Callable[P, R], *args: P.args, **kwargs: P.kwargs
     ) -> Callable[P, R]: ...
-    def __call__(self, func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
-        if func is None:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not args:
+            if kwargs:
+                raise TypeError("background(func, ...) needs the function first")
             return BackgroundTasks.__call__(self)
-        self.tasks.append(BackgroundTask(func, *args, **kwargs))
+        func, *rest = args
+        self.tasks.append(BackgroundTask(func, *rest, **kwargs))
         return func
 
 
@@ -148,7 +151,7 @@ def build_response(
     if isinstance(result, lilya_responses.Response):
         response = result
     else:
-        if draft is not None:
+        if draft is not None and draft.status_code is not None:
             status_code = draft.status_code
         response = response_class(result, status_code=status_code)
     if draft is not None and draft.headers:

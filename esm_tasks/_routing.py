@@ -84,7 +84,11 @@ class _Endpoint:
         plan = route.plan
         request = Request(scope, receive)
         tasks = ResponseTasks() if plan.needs_tasks else None
-        draft = ResponseDraft(route.status_code, tasks) if tasks is not None and plan.needs_draft else None
+        draft = (
+            ResponseDraft(route.status_code, tasks)
+            if tasks is not None and plan.needs_draft
+            else None
+        )
         stack = contextlib.AsyncExitStack() if plan.has_exits else None
         binding = Binding(request, tasks, draft, stack)
         async with stack or contextlib.nullcontext():
@@ -92,7 +96,9 @@ class _Endpoint:
                 binding.body = await request.body()
             kwargs = await plan.bind(binding)
             if binding.errors:
-                await JSONResponse({"detail": binding.errors}, status_code=422)(scope, receive, send)
+                await JSONResponse({"detail": binding.errors}, status_code=422)(
+                    scope, receive, send
+                )
                 return
             result = await route.call_handler(**kwargs)
             response = build_response(result, route.response_class, route.status_code, draft)
@@ -129,10 +135,10 @@ def _check_route(
         raise ValueError(f"route {path}: give at least one HTTP method")
     if not callable(fn) or inspect.isclass(fn):
         raise TypeError(f"{where}: the decorated handler must be a function, got {fn!r}")
-    if status_code is not None and not (
-        isinstance(status_code, int) and 100 <= status_code <= 599
-    ):
-        raise ValueError(f"{where}: status_code must be an int from 100 to 599, got {status_code!r}")
+    if status_code is not None and not (isinstance(status_code, int) and 100 <= status_code <= 599):
+        raise ValueError(
+            f"{where}: status_code must be an int from 100 to 599, got {status_code!r}"
+        )
     if not (inspect.isclass(response_class) and issubclass(response_class, LilyaResponse)):
         raise TypeError(
             f"{where}: response_class must be a Lilya response class, got {response_class!r}"

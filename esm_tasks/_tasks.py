@@ -6,7 +6,7 @@ import functools
 import inspect
 import types
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeAlias, Union
+from typing import Any, ParamSpec, TypeAlias, cast
 
 import anyio
 import anyio.to_thread
@@ -73,8 +73,7 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
     except TypeError as error:
         name = task_name(func)
         raise TypeError(
-            f"the arguments given for background task {name} do not fit "
-            f"{name}{signature}: {error}"
+            f"the arguments given for background task {name} do not fit {name}{signature}: {error}"
         ) from None
     if key is not None:
         if len(_good_shapes) >= _MAX_SHAPES:
@@ -109,8 +108,9 @@ class BackgroundTask(Task):
 
     def _set(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.func = func
-        self.args = args
-        self.kwargs = kwargs
+        # Lilya types these with its constructor's ParamSpec, which can't be assigned.
+        self.args = cast("Any", args)
+        self.kwargs = cast("Any", kwargs)
         self.name = task_name(func)
         self._is_async = is_async_callable(func)
 
@@ -137,8 +137,12 @@ class BackgroundTasks(Tasks):
 
     __slots__ = ()
 
-    def __init__(self, tasks: Iterable[BackgroundSpec] | None = None, as_group: bool = False) -> None:
-        self.tasks: list[Task] = list(to_steps(list(tasks), "BackgroundTasks(tasks=...)")) if tasks else []
+    def __init__(
+        self, tasks: Iterable[BackgroundSpec] | None = None, as_group: bool = False
+    ) -> None:
+        self.tasks: list[Task] = (
+            list(to_steps(list(tasks), "BackgroundTasks(tasks=...)")) if tasks else []
+        )
         self.as_group = as_group
 
     @classmethod
@@ -146,7 +150,7 @@ class BackgroundTasks(Tasks):
         """Take over a plain Lilya collection: its members get isolated too."""
         return cls(tasks.tasks, as_group=tasks.as_group)
 
-    def add_task(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+    def add_task(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
         """Append one call of `func(*args, **kwargs)`."""
         self.tasks.append(BackgroundTask(func, *args, **kwargs))
 
@@ -164,7 +168,7 @@ class BackgroundTasks(Tasks):
         return f"BackgroundTasks({kind}: {', '.join(map(repr, self.tasks))})"
 
 
-BackgroundSpec: TypeAlias = Union[Task, Callable[[], Any], Sequence["BackgroundSpec"], None]
+BackgroundSpec: TypeAlias = Task | Callable[[], Any] | Sequence["BackgroundSpec"] | None
 """What `background=` takes: a task, a collection, a function without required
 arguments, a list or tuple of these nested to any depth, or None."""
 

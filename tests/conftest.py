@@ -28,8 +28,11 @@ def task_log() -> Iterator[list[logging.LogRecord]]:
     records: list[logging.LogRecord] = []
     handler = _Records(records)
     logger = logging.getLogger("esm_tasks")
+    level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     try:
         yield records
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)

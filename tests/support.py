@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -12,7 +13,6 @@ from typing import Any
 
 import httpx
 import uvicorn
-
 from lilya.types import ASGIApp, Message
 
 
@@ -34,6 +34,10 @@ class Events(list[str]):
         return record
 
 
+def errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    return [record for record in records if record.levelno >= logging.ERROR]
+
+
 @dataclass
 class Reply:
     status: int = 0
@@ -50,6 +54,7 @@ async def drive(
     body: bytes = b"",
     query: str = "",
     send_fails_after_start: bool = False,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> Reply:
     """Call `app` as a server would, logging "body sent" once the last chunk is handed over."""
     reply = Reply()
@@ -86,7 +91,7 @@ async def drive(
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": query.encode(),
-        "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json"), *headers],
         "client": ("127.0.0.1", 1),
         "server": ("test", 80),
     }

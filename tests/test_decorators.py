@@ -25,9 +25,17 @@ pytestmark = pytest.mark.anyio
 
 @pytest.mark.parametrize(
     ("verb", "method", "status"),
-    [(get, "GET", 200), (post, "POST", 201), (put, "PUT", 200), (patch, "PATCH", 200), (delete, "DELETE", 204)],
+    [
+        (get, "GET", 200),
+        (post, "POST", 201),
+        (put, "PUT", 200),
+        (patch, "PATCH", 200),
+        (delete, "DELETE", 204),
+    ],
 )
-async def test_each_verb_serves_its_method_with_esmeralds_default_status(verb, method, status) -> None:  # type: ignore[no-untyped-def]
+async def test_each_verb_serves_its_method_with_esmeralds_default_status(
+    verb, method, status
+) -> None:  # type: ignore[no-untyped-def]
     events = Events()
 
     @verb("/thing", background=events.task("task"))
@@ -57,7 +65,8 @@ async def test_route_serves_several_methods_and_status_can_be_set() -> None:
         assert (await http.get("/items")).status_code == 202
         assert (await http.post("/items")).status_code == 202
         assert (await http.post("/other")).status_code == 200
-    assert items.methods is not None and {"GET", "POST"} <= set(items.methods)
+    assert items.methods is not None
+    assert {"GET", "POST"} <= set(items.methods)
 
 
 def test_the_decorator_returns_an_inspectable_route() -> None:
@@ -96,7 +105,15 @@ async def test_every_background_form_runs_in_declaration_order() -> None:
 
     async with client(App(routes=[handler])) as http:
         assert (await http.post("/all")).status_code == 201
-    assert events[:7] == ["handler", "task", "bare function", "tuple member", "nested list", "c1", "c2"]
+    assert events[:7] == [
+        "handler",
+        "task",
+        "bare function",
+        "tuple member",
+        "nested list",
+        "c1",
+        "c2",
+    ]
     assert sorted(events[7:]) == ["g1", "g2"]
 
 
@@ -122,7 +139,9 @@ def test_a_function_needing_arguments_is_refused_with_advice() -> None:
 
     async def handler() -> None: ...
 
-    with pytest.raises(TypeError, match=r"PUT /users/\{id\}: background=: .*send_email needs arguments"):
+    with pytest.raises(
+        TypeError, match=r"PUT /users/\{id\}: background=: .*send_email needs arguments"
+    ):
         put("/users/{id}", background=send_email)(handler)
 
 
@@ -131,7 +150,9 @@ def test_a_coroutine_is_refused_at_decoration() -> None:
 
     async def handler() -> None: ...
 
-    with pytest.raises(TypeError, match=r"GET /a: background=: got the coroutine .*send_email\(\.\.\.\)"):
+    with pytest.raises(
+        TypeError, match=r"GET /a: background=: got the coroutine .*send_email\(\.\.\.\)"
+    ):
         get("/a", background=send_email())(handler)  # type: ignore[arg-type]
 
 
@@ -167,7 +188,10 @@ def _routes(events: Events) -> TaskRoute:
         (lambda r: App(routes=[r]), "/orders/3"),
         (lambda r: Lilya(routes=[r]), "/orders/3"),
         (lambda r: App(routes=[Include("/api", routes=[r])]), "/api/orders/3"),
-        (lambda r: Lilya(routes=[Include("/api", routes=[Include("/v1", routes=[r])])]), "/api/v1/orders/3"),
+        (
+            lambda r: Lilya(routes=[Include("/api", routes=[Include("/v1", routes=[r])])]),
+            "/api/v1/orders/3",
+        ),
     ],
 )
 async def test_routes_merge_in_app_include_and_plain_lilya(make_app, url) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,9 @@ async def test_sources_run_in_the_documented_order() -> None:
         tasks.add_task(events.task("2a dependency"))
 
     @post("/order", background=[events.task("1a declared"), events.task("1b declared")])
-    async def handler(tasks: BackgroundTasks, res: Response, _: None = Depends(dependency)) -> Response:
+    async def handler(
+        tasks: BackgroundTasks, res: Response, _: None = Depends(dependency)
+    ) -> Response:
         tasks.add_task(events.task("2b handler"))
         res.background = events.task("2c draft")
         tasks.add_task(events.task("2d handler again"))

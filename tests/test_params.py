@@ -80,7 +80,10 @@ async def test_payload_and_unannotated_data_receive_the_json_body() -> None:
     async with client(App(routes=[raw, typed, any_name])) as http:
         assert (await http.post("/raw", json=[1, "a"])).json() == [1, "a"]
         assert (await http.post("/typed", json={"a": "2"})).json() == {"a": 2}
-        assert (await http.post("/any-name", json={"name": "a", "price": 2})).json() == {"name": "a", "price": 2.0}
+        assert (await http.post("/any-name", json={"name": "a", "price": 2})).json() == {
+            "name": "a",
+            "price": 2.0,
+        }
 
 
 async def test_an_unannotated_path_parameter_keeps_lilyas_conversion() -> None:
@@ -150,7 +153,9 @@ async def test_a_malformed_json_body_is_a_422() -> None:
     async def create(data: Item) -> None: ...
 
     async with client(App(routes=[create])) as http:
-        response = await http.post("/items", content=b"{not json", headers={"content-type": "application/json"})
+        response = await http.post(
+            "/items", content=b"{not json", headers={"content-type": "application/json"}
+        )
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
@@ -189,7 +194,9 @@ async def test_generator_dependencies_clean_up_after_the_handler() -> None:
     trail: list[str] = []
 
     def sync_resource() -> Iterator[str]:
-        trail.append(f"open sync (main thread: {threading.current_thread() is threading.main_thread()})")
+        trail.append(
+            f"open sync (main thread: {threading.current_thread() is threading.main_thread()})"
+        )
         yield "sync"
         trail.append("close sync")
 

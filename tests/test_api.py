@@ -1,0 +1,34 @@
+"""The public surface: exactly what `__all__` names, importable from the top."""
+
+import esm_tasks
+
+
+def test_all_is_the_public_api() -> None:
+    assert sorted(esm_tasks.__all__) == [
+        "App",
+        "BackgroundTask",
+        "BackgroundTasks",
+        "Depends",
+        "FileResponse",
+        "HTMLResponse",
+        "JSONResponse",
+        "PlainText",
+        "RedirectResponse",
+        "Response",
+        "StreamingResponse",
+        "TaskRoute",
+        "__version__",
+        "delete",
+        "get",
+        "patch",
+        "post",
+        "put",
+        "route",
+    ]
+    for name in esm_tasks.__all__:
+        assert getattr(esm_tasks, name) is not None
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(esm_tasks.__version__, str)
+    assert esm_tasks.__version__.count(".") == 2
