@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -185,7 +186,7 @@ def _getter(
     flags: dict[str, bool],
 ) -> Getter:
     name = parameter.name
-    if inspect.isclass(annotation):
+    if _is_class(annotation):
         if issubclass(annotation, Request):
             return _get_request
         if issubclass(annotation, Tasks):
@@ -196,7 +197,7 @@ def _getter(
             return _get_draft
     if name in path_params:
         return functools.partial(_get_path, name, _adapter(annotation))
-    if name in BODY_NAMES or (inspect.isclass(annotation) and issubclass(annotation, BaseModel)):
+    if name in BODY_NAMES or (_is_class(annotation) and issubclass(annotation, BaseModel)):
         flags["body"] = True
         return functools.partial(
             _get_body,
@@ -224,6 +225,11 @@ def _plan_dependency(
     else:
         call = functools.partial(_call_sync, func)
     return DependencyPlan(func, _plan(func, path_params, where, outer), call)
+
+
+def _is_class(annotation: Any) -> bool:
+    # Before Python 3.11, inspect.isclass(list[int]) is true.
+    return inspect.isclass(annotation) and not isinstance(annotation, types.GenericAlias)
 
 
 def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
