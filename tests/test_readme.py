@@ -1,0 +1,21 @@
+"""The README shows each docs_src example exactly as it is tested."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def test_every_embedded_example_matches_its_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"<!-- (docs_src/\w+\.py) -->\n```python\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) >= 11
+    for path, code in blocks:
+        assert code == (ROOT / path).read_text(), f"README copy of {path} is out of date"
+
+
+def test_every_example_module_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    examples = {p.name for p in (ROOT / "docs_src").glob("*.py")} - {"__init__.py", "demo.py"}
+    missing = {name for name in examples if f"<!-- docs_src/{name} -->" not in readme}
+    assert not missing, f"examples missing from the README: {sorted(missing)}"
