@@ -18,8 +18,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check esm_tasks tests docs_src
-	$(BIN)/ruff check esm_tasks tests docs_src
+	$(BIN)/ruff format --check esm_tasks tests docs_src bench
+	$(BIN)/ruff check esm_tasks tests docs_src bench
 	$(BIN)/mypy esm_tasks
 
 check: lint test

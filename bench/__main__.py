@@ -53,9 +53,8 @@ async def measure(app: Any, scenario: Scenario, requests: int, name: str = "") -
     DONE[0] = 0
     started = time.perf_counter()
     for _ in range(requests):
-        pending = [request]
 
-        async def receive() -> dict[str, Any]:
+        async def receive(pending: list[dict[str, Any]] = [request]) -> dict[str, Any]:  # noqa: B006
             return pending.pop() if pending else {"type": "http.disconnect"}
 
         await app(dict(base), receive, send)

@@ -4,6 +4,9 @@
 2. the tasks added while the request was handled (injected `BackgroundTasks`
    and the response draft), in the order they were added;
 3. the returned response's own `background`.
+
+The same object reaching the merge twice, such as the injected collection also
+given to the response, runs once, in its first place.
 """
 
 from __future__ import annotations
@@ -23,5 +26,18 @@ def merge(
     if added is not None and added.tasks:
         steps += (added,)
     if own is not None:
-        steps += (own,)
+        steps += _not_in(own, steps)
     return steps
+
+
+def _not_in(own: Task, earlier: tuple[Task, ...]) -> tuple[Task, ...]:
+    """The response's steps, less any object that is already an earlier step."""
+    for step in earlier:
+        if step is own:
+            return ()
+    if earlier and isinstance(own, BackgroundTasks) and not own.as_group:
+        # A sequence flattens without reordering, so repeated members can be left out.
+        members = own.tasks
+        if any(member is step for member in members for step in earlier):
+            return tuple(m for m in members if all(m is not step for step in earlier))
+    return (own,)

@@ -18,7 +18,10 @@ from typing import Any, Union
 import anyio.to_thread
 from lilya.background import Tasks
 from lilya.compat import is_async_callable
+from lilya.datastructures import QueryParam
 from lilya.requests import Request
+from lilya.responses import Response as LilyaResponse
+from lilya.types import Receive, Scope
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ._responses import ResponseDraft, ResponseTasks
@@ -53,24 +56,51 @@ def Depends(dependency: Callable[..., Any]) -> Any:
 
 
 class Binding:
-    """One request's state while its parameters are bound."""
+    """One request's state while its parameters are bound; built only when needed."""
 
-    __slots__ = ("body", "cache", "draft", "errors", "request", "stack", "tasks")
+    __slots__ = (
+        "_query",
+        "_request",
+        "body",
+        "cache",
+        "draft",
+        "errors",
+        "receive",
+        "scope",
+        "stack",
+        "tasks",
+    )
 
     def __init__(
         self,
-        request: Request,
+        scope: Scope,
+        receive: Receive,
         tasks: ResponseTasks | None,
         draft: ResponseDraft | None,
         stack: contextlib.AsyncExitStack | None,
     ) -> None:
-        self.request = request
+        self.scope = scope
+        self.receive = receive
         self.tasks = tasks
         self.draft = draft
         self.stack = stack
         self.body = b""
         self.cache: dict[Callable[..., Any], Any] = {}
         self.errors: list[dict[str, Any]] = []
+        self._request: Request | None = None
+        self._query: QueryParam | None = None
+
+    @property
+    def request(self) -> Request:
+        if self._request is None:
+            self._request = Request(self.scope, self.receive)
+        return self._request
+
+    @property
+    def query(self) -> QueryParam:
+        if self._query is None:
+            self._query = QueryParam(self.scope["query_string"])
+        return self._query
 
     def invalid(self, where: str, name: str, error: ValidationError | None = None) -> Any:
         if error is None:
@@ -80,6 +110,21 @@ class Binding:
                 loc = [where, name, *item["loc"]] if name else [where, *item["loc"]]
                 self.errors.append({"loc": loc, "msg": item["msg"], "type": item["type"]})
         return _MISSING
+
+
+async def read_body(scope: Scope, receive: Receive) -> bytes | None:
+    """The whole request body, kept where Lilya's Request finds it; None if the client left."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    scope["_body"] = body
+    return body
 
 
 Getter = Callable[[Binding], Any]
@@ -142,10 +187,7 @@ def _plan(
     where: str,
     outer: tuple[Callable[..., Any], ...],
 ) -> Plan:
-    try:
-        signature = inspect.signature(func, eval_str=True)
-    except NameError:  # a name only the defining scope knows; keep annotations as given
-        signature = inspect.signature(func)
+    signature = inspect.signature(func)
     params: list[Param] = []
     flags = {"tasks": False, "draft": False, "body": False, "exits": False}
     for parameter in signature.parameters.values():
@@ -154,7 +196,8 @@ def _plan(
                 f"{where}: {func.__qualname__} takes {parameter}, which no request can fill; "
                 "name each parameter"
             )
-        default, annotation = parameter.default, parameter.annotation
+        default = parameter.default
+        annotation = _resolve(parameter.annotation, func, parameter.name, where)
         if isinstance(default, Dependency):
             if default.dependency in outer:
                 raise TypeError(f"{where}: {func.__qualname__} depends on itself through Depends")
@@ -192,7 +235,7 @@ def _getter(
         if issubclass(annotation, Tasks):
             flags["tasks"] = True
             return _get_tasks
-        if issubclass(ResponseDraft, annotation):
+        if issubclass(annotation, LilyaResponse) and issubclass(ResponseDraft, annotation):
             flags["tasks"] = flags["draft"] = True
             return _get_draft
     if name in path_params:
@@ -227,6 +270,20 @@ def _plan_dependency(
     return DependencyPlan(func, _plan(func, path_params, where, outer), call)
 
 
+def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -> Any:
+    """An annotation's value, evaluating one written as a string (PEP 563)."""
+    if not isinstance(annotation, str):
+        return annotation
+    namespace = getattr(inspect.unwrap(func), "__globals__", {})
+    try:
+        return eval(annotation, namespace)  # what typing.get_type_hints does, one at a time
+    except NameError as error:
+        raise TypeError(
+            f"{where}: the annotation {annotation!r} of {name!r} in {func.__qualname__} names "
+            f"something its module does not define ({error}); define it at module level"
+        ) from None
+
+
 def _is_class(annotation: Any) -> bool:
     # Before Python 3.11, inspect.isclass(list[int]) is true.
     return inspect.isclass(annotation) and not isinstance(annotation, types.GenericAlias)
@@ -259,7 +316,7 @@ def _get_draft(binding: Binding) -> ResponseDraft | None:
 
 
 def _get_path(name: str, adapter: TypeAdapter[Any] | None, binding: Binding) -> Any:
-    raw = binding.request.scope["path_params"][name]
+    raw = binding.scope["path_params"][name]
     if adapter is None:
         return raw
     try:
@@ -272,11 +329,11 @@ def _get_query(
     name: str, adapter: TypeAdapter[Any] | None, default: Any, many: bool, binding: Binding
 ) -> Any:
     # An enclosing Include may capture a path parameter the route's own path lacks.
-    path_params = binding.request.scope.get("path_params")
+    path_params = binding.scope.get("path_params")
     if path_params and name in path_params:
         raw, where = path_params[name], "path"
     else:
-        query = binding.request.query_params
+        query = binding.query
         raw = query.getall(name, None) if many else query.get(name)
         where = "query"
     if raw is None:

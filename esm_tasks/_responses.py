@@ -8,8 +8,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 import lilya.responses as lilya_responses
 from lilya.background import Task
 from lilya.datastructures import Header
+from lilya.types import Receive, Scope, Send
 from pydantic_core import PydanticSerializationError, to_json
 
+from ._execution import in_request
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 P = ParamSpec("P")
@@ -53,7 +55,9 @@ class Response(lilya_responses.Response):
     to the tasks already there: nothing registered on a response is replaced.
     """
 
-    _tasks: ResponseTasks | None = None
+    # One task is kept as it is; a ResponseTasks is made only for a second one,
+    # or when `background` is read, so most responses allocate no container.
+    _tasks: Task | None = None
 
     def make_response(self, content: Any) -> bytes:
         if content is None or self.status_code in _NO_BODY:
@@ -66,14 +70,38 @@ class Response(lilya_responses.Response):
 
     @property
     def background(self) -> ResponseTasks:
-        if self._tasks is None:
-            self._tasks = ResponseTasks()
-        return self._tasks
+        tasks = self._tasks
+        if tasks is _SENT_BY_MERGE:
+            # Lilya's __call__ reads this after the body; the merge runs these tasks.
+            return None  # type: ignore[return-value]
+        if not isinstance(tasks, ResponseTasks):
+            collected = ResponseTasks()
+            if tasks is not None:
+                collected.tasks.append(tasks)
+            self._tasks = tasks = collected
+        return tasks
 
     @background.setter
     def background(self, value: BackgroundSpec) -> None:
-        if value is not None:
-            self.background.tasks.extend(to_steps(value, f"{type(self).__name__}.background"))
+        if value is None:
+            return
+        current = self._tasks
+        # Assigning a collection to itself (`res.background = res.background`) adds nothing.
+        steps = [
+            s for s in to_steps(value, f"{type(self).__name__}.background") if s is not current
+        ]
+        if current is None and len(steps) == 1:
+            self._tasks = steps[0]
+        elif steps:
+            self.background.tasks.extend(steps)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._tasks is None or self._tasks is _SENT_BY_MERGE:
+            await super().__call__(scope, receive, send)
+            return
+        # Sent by a plain Lilya route: let failing tasks be logged with their request.
+        with in_request(scope):
+            await super().__call__(scope, receive, send)
 
 
 class JSONResponse(Response, lilya_responses.JSONResponse):
@@ -128,34 +156,59 @@ class ResponseDraft(Response):
         self._tasks = tasks
 
 
-def take_background(response: lilya_responses.Response) -> Task | None:
-    """Detach a response's own tasks so that the merge, not the response, runs them."""
-    if isinstance(response, Response):
-        tasks, response._tasks = response._tasks, None
-        return tasks if tasks is not None and tasks.tasks else None
-    background = response.background
-    if background is None:
-        return None
-    response.background = None
-    steps = to_steps(background, f"{type(response).__name__}.background")
-    return steps[0] if len(steps) == 1 else BackgroundTasks(steps)
+class _SentByMerge(Task):
+    """Marks a response being sent by an esm_tasks route, whose merge runs its tasks."""
+
+    def __init__(self) -> None:
+        pass
 
 
-def build_response(
+_SENT_BY_MERGE = _SentByMerge()
+
+
+def respond(
     result: Any,
     response_class: type[lilya_responses.Response],
     status_code: int,
     draft: ResponseDraft | None,
-) -> lilya_responses.Response:
-    """The response for what a handler returned: itself, or its data serialised."""
-    if isinstance(result, lilya_responses.Response):
-        response = result
-    else:
+) -> tuple[lilya_responses.Response, Task | None]:
+    """The response to send for what a handler returned, and that response's own tasks.
+
+    Data is serialised with the route's class, status and the draft's status and
+    headers. A returned response object is never changed: it may be shared by
+    every request, so a shallow copy is sent and its tasks are handed over.
+    """
+    if not isinstance(result, lilya_responses.Response):
         if draft is not None and draft.status_code is not None:
             status_code = draft.status_code
         response = response_class(result, status_code=status_code)
-    if draft is not None and draft.headers:
-        for key, value in draft.headers.multi_items():
-            if key.lower() == "set-cookie" or key not in response.headers:
-                response.headers.add(key, value)
-    return response
+        if draft is not None and draft.headers:
+            for key, value in draft.headers.multi_items():
+                if key.lower() == "set-cookie" or key not in response.headers:
+                    response.headers.add(key, value)
+        if isinstance(response, Response):
+            response._tasks = _SENT_BY_MERGE
+        return response, None
+    if isinstance(result, Response):
+        own = result._tasks
+        if own is None or (isinstance(own, BackgroundTasks) and not own.tasks):
+            return result, None
+        response = _shallow_copy(result)
+        response._tasks = _SENT_BY_MERGE
+        return response, own
+    if result.background is None:
+        return result, None
+    steps = to_steps(result.background, f"{type(result).__name__}.background")
+    response = _shallow_copy(result)
+    response.background = None
+    return response, steps[0] if len(steps) == 1 else BackgroundTasks(steps)
+
+
+_R = TypeVar("_R", bound=lilya_responses.Response)
+
+
+def _shallow_copy(response: _R) -> _R:
+    # copy.copy does the same, five times slower, through __reduce_ex__.
+    clone = object.__new__(type(response))
+    clone.__dict__.update(response.__dict__)
+    return clone

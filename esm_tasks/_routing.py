@@ -11,15 +11,14 @@ from typing import Any
 import anyio.to_thread
 from lilya.background import Task
 from lilya.compat import is_async_callable
-from lilya.requests import Request
 from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
 from ._execution import run_steps
 from ._merge import merge
-from ._params import Binding, plan
-from ._responses import JSONResponse, ResponseDraft, ResponseTasks, build_response, take_background
+from ._params import Binding, plan, read_body
+from ._responses import JSONResponse, ResponseDraft, ResponseTasks, respond
 from ._tasks import BackgroundSpec, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
@@ -80,35 +79,45 @@ class _Endpoint:
         self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.route
-        plan = route.plan
-        request = Request(scope, receive)
-        tasks = ResponseTasks() if plan.needs_tasks else None
-        draft = (
-            ResponseDraft(route.status_code, tasks)
-            if tasks is not None and plan.needs_draft
-            else None
-        )
-        stack = contextlib.AsyncExitStack() if plan.has_exits else None
-        binding = Binding(request, tasks, draft, stack)
-        async with stack or contextlib.nullcontext():
-            if plan.reads_body:
-                binding.body = await request.body()
-            kwargs = await plan.bind(binding)
-            if binding.errors:
-                await JSONResponse({"detail": binding.errors}, status_code=422)(
-                    scope, receive, send
-                )
-                return
-            result = await route.call_handler(**kwargs)
-            response = build_response(result, route.response_class, route.status_code, draft)
-        steps = merge(route.background, tasks, take_background(response))
+        if self.route.plan.has_exits:
+            # Generator dependencies clean up before the response is sent.
+            async with contextlib.AsyncExitStack() as stack:
+                response, steps = await self.handle(scope, receive, stack)
+        else:
+            response, steps = await self.handle(scope, receive, None)
+        if response is None:
+            return  # the client left before its request was read: nobody to answer
         try:
             await response(scope, receive, send)
         finally:
             # The handler returned: its tasks are owed, even if sending failed.
             if steps:
                 await run_steps(steps, scope)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, stack: contextlib.AsyncExitStack | None
+    ) -> tuple[LilyaResponse | None, tuple[Task, ...]]:
+        """Bind, call the handler, build its response, and merge this request's tasks."""
+        route = self.route
+        plan = route.plan
+        if not plan.params:
+            result = await route.call_handler()
+            response, own = respond(result, route.response_class, route.status_code, None)
+            return response, merge(route.background, None, own)
+        tasks = ResponseTasks() if plan.needs_tasks else None
+        draft = ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
+        binding = Binding(scope, receive, tasks, draft, stack)
+        if plan.reads_body:
+            body = await read_body(scope, receive)
+            if body is None:
+                return None, ()
+            binding.body = body
+        kwargs = await plan.bind(binding)
+        if binding.errors:
+            return JSONResponse({"detail": binding.errors}, status_code=422), ()
+        result = await route.call_handler(**kwargs)
+        response, own = respond(result, route.response_class, route.status_code, draft)
+        return response, merge(route.background, tasks, own)
 
 
 def _async_caller(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,8 +21,7 @@ P = ParamSpec("P")
 # Whether a call shape binds depends only on the function's code and on which
 # defaults it has, so one check serves every later call of the same shape.
 # Closures made per request share their code object, which keeps this bounded.
-_ShapeKey = tuple[types.CodeType, int, tuple[str, ...], int, tuple[str, ...]]
-_good_shapes: set[_ShapeKey] = set()
+_good_shapes: set[object] = set()
 _MAX_SHAPES = 4096
 
 
@@ -34,11 +33,13 @@ def task_name(func: Callable[..., Any]) -> str:
     return name if isinstance(name, str) else type(func).__qualname__
 
 
-def _shape_key(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _shape_key(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
     # Only plain functions qualify: a __dict__ may hold __wrapped__ or
     # __signature__, which change what inspect.signature reports.
     if type(func) is not types.FunctionType or func.__dict__:
         return None
+    if not args and not kwargs and func.__defaults__ is None and func.__kwdefaults__ is None:
+        return func.__code__  # the common bare call: no tuple to build
     return (
         func.__code__,
         len(func.__defaults__ or ()),
@@ -50,6 +51,9 @@ def _shape_key(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
 
 def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Raise TypeError, naming the function, unless `func(*args, **kwargs)` would bind."""
+    key = _shape_key(func, args, kwargs)
+    if key is not None and key in _good_shapes:
+        return
     if inspect.iscoroutine(func):
         name = func.__qualname__
         func.close()  # it will never run; closing it silences "never awaited"
@@ -61,9 +65,6 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         raise TypeError(
             f"a background task needs a callable, but got {func!r} ({type(func).__name__})"
         )
-    key = _shape_key(func, args, kwargs)
-    if key is not None and key in _good_shapes:
-        return
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):  # some builtins have no signature to check against
@@ -111,8 +112,12 @@ class BackgroundTask(Task):
         # Lilya types these with its constructor's ParamSpec, which can't be assigned.
         self.args = cast("Any", args)
         self.kwargs = cast("Any", kwargs)
-        self.name = task_name(func)
-        self._is_async = is_async_callable(func)
+        if type(func) is types.FunctionType and not func.__dict__:  # answered without inspect
+            self.name = func.__qualname__
+            self._is_async = bool(func.__code__.co_flags & inspect.CO_COROUTINE)
+        else:
+            self.name = task_name(func)
+            self._is_async = is_async_callable(func)
 
     async def invoke(self) -> None:
         """Call the function; unlike awaiting the task, this lets errors through."""
@@ -148,7 +153,7 @@ class BackgroundTasks(Tasks):
     @classmethod
     def _adopt(cls, tasks: Tasks) -> BackgroundTasks:
         """Take over a plain Lilya collection: its members get isolated too."""
-        return cls(tasks.tasks, as_group=tasks.as_group)
+        return _AdoptedTasks(tasks)
 
     def add_task(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
         """Append one call of `func(*args, **kwargs)`."""
@@ -166,6 +171,20 @@ class BackgroundTasks(Tasks):
     def __repr__(self) -> str:
         kind = "group" if self.as_group else "sequence"
         return f"BackgroundTasks({kind}: {', '.join(map(repr, self.tasks))})"
+
+
+class _AdoptedTasks(BackgroundTasks):
+    """A plain Lilya `Tasks`, read when it runs, so that members added later run too."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: Tasks) -> None:
+        super().__init__(as_group=source.as_group)
+        self._source = source
+
+    async def __call__(self) -> None:
+        self.tasks = list(to_steps(list(self._source.tasks), "Tasks(tasks=...)"))
+        await super().__call__()
 
 
 BackgroundSpec: TypeAlias = Task | Callable[[], Any] | Sequence["BackgroundSpec"] | None

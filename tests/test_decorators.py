@@ -83,6 +83,8 @@ def test_the_decorator_returns_an_inspectable_route() -> None:
     assert declared.background[1].func is notify
     assert len(declared.background) == 2
     assert declared.name == "users:create"
+    assert declared.include_in_schema is True
+    assert get("/hidden", include_in_schema=False)(create).include_in_schema is False
     assert declared.path == "/users"
     assert get("/x")(create).name == "create"
 

@@ -107,3 +107,31 @@ def test_random_nestings_from_every_source_run_in_order_exactly_once(data: st.Da
     anyio.run(run)
     assert events == _expected(declared) + _expected(added) + _expected(own)
     assert len(set(events)) == len(events)  # labels are unique: every task exactly once
+
+
+async def test_the_same_collection_from_two_sources_runs_once() -> None:
+    events = Events()
+
+    @post("/given-back")
+    async def given_back(tasks: BackgroundTasks) -> Response:
+        tasks.add_task(events.task("added"))
+        return Response("ok", background=tasks)  # the FastAPI habit
+
+    @post("/inside-a-list")
+    async def inside_a_list(tasks: BackgroundTasks) -> Response:
+        tasks.add_task(events.task("added"))
+        return Response("ok", background=[tasks, events.task("own")])
+
+    @post("/into-itself")
+    async def into_itself(res: Response, tasks: BackgroundTasks) -> None:
+        res.background(events.task("added"))
+        res.background = res.background
+        res.background = tasks
+
+    async with client(App(routes=[given_back, inside_a_list, into_itself])) as http:
+        await http.post("/given-back")
+        assert events == ["added"]
+        await http.post("/inside-a-list")
+        assert events == ["added", "added", "own"]
+        await http.post("/into-itself")
+        assert events == ["added", "added", "own", "added"]

@@ -15,6 +15,7 @@ from esm_tasks import (
     App,
     BackgroundTask,
     BackgroundTasks,
+    FileResponse,
     HTMLResponse,
     JSONResponse,
     PlainText,
@@ -93,6 +94,7 @@ async def test_esm_tasks_responses_keep_their_guarantees_in_plain_lilya_routes(
     [record] = errors(task_log)
     assert record.levelno == logging.ERROR
     assert record.getMessage().startswith("task test_esm_tasks_responses_keep_their_guarantees")
+    assert record.getMessage().endswith("failed after the response to GET /")
 
 
 async def test_plain_lilya_responses_and_tasks_are_merged_and_isolated() -> None:
@@ -224,21 +226,73 @@ async def test_the_draft_calls_with_arguments_and_checks_them() -> None:
     assert events == ["hello ada?"]
 
 
-async def test_draft_headers_and_tasks_also_apply_when_a_response_is_returned() -> None:
+async def test_a_returned_response_keeps_its_headers_and_the_draft_keeps_its_tasks() -> None:
     events = Events()
 
     @get("/both")
     async def handler(res: Response) -> PlainText:
         res.headers["x-from-draft"] = "1"
-        res.headers["content-type"] = "application/x-ignored"
         res.background = events.task("draft")
-        return PlainText("body", status_code=200, background=events.task("own"))
+        return PlainText("body", background=events.task("own"))
 
     async with client(App(routes=[handler])) as http:
         response = await http.get("/both")
-    assert response.headers["x-from-draft"] == "1"
-    assert response.headers["content-type"].startswith("text/plain")
+    assert "x-from-draft" not in response.headers  # the returned response is sent as it is
     assert events == ["draft", "own"]
+
+
+async def test_a_shared_response_object_is_never_changed_by_a_request() -> None:
+    events = Events()
+    shared_ours = Response("ok", background=events.task("ours"))
+    shared_lilya = lilya_responses.PlainText("ok", background=Task(events.task("lilya")))
+
+    @get("/ours")
+    async def ours(res: Response, user: str) -> Response:
+        res.set_cookie("session", user)
+        return shared_ours
+
+    @get("/lilya")
+    async def lilya() -> lilya_responses.Response:
+        return shared_lilya
+
+    async with client(App(routes=[ours, lilya])) as http:
+        alice = await http.get("/ours?user=alice")
+        bob = await http.get("/ours?user=bob")
+        await http.get("/lilya")
+        await http.get("/lilya")
+    assert "set-cookie" not in alice.headers
+    assert "set-cookie" not in bob.headers
+    assert "set-cookie" not in shared_ours.headers
+    assert events == ["ours", "ours", "lilya", "lilya"]
+
+
+async def test_returning_the_draft_sends_its_headers_once() -> None:
+    events = Events()
+
+    @post("/draft-itself")
+    async def handler(res: Response) -> Response:
+        res.set_cookie("s", "1")
+        res.background = events.task("once")
+        return res
+
+    async with client(App(routes=[handler])) as http:
+        response = await http.post("/draft-itself")
+    assert response.headers.get_list("set-cookie") == ["s=1; Path=/; SameSite=lax"]
+    assert events == ["once"]
+
+
+async def test_a_file_response_carries_tasks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    events = Events()
+    path = tmp_path / "report.txt"
+    path.write_text("report")
+
+    @get("/file")
+    async def file() -> FileResponse:
+        return FileResponse(path, background=[events.task("after file")])
+
+    async with client(App(routes=[file])) as http:
+        assert (await http.get("/file")).text == "report"
+    assert events == ["after file"]
 
 
 async def test_assigning_background_on_a_response_adds_and_never_replaces() -> None:

@@ -213,7 +213,8 @@ async def test_plain_lilya_tasks_are_adopted_and_isolated() -> None:
 
     lilya_group = Tasks([Task(boom), Task(sync_mark, "grouped")], as_group=True)
     collection = BackgroundTasks([Task(sync_mark, "single"), lilya_group])
-    assert [type(step) for step in collection.tasks] == [BackgroundTask, BackgroundTasks]
+    assert type(collection.tasks[0]) is BackgroundTask
+    assert isinstance(collection.tasks[1], BackgroundTasks)
     assert (
         collection.tasks[0].name
         == "test_plain_lilya_tasks_are_adopted_and_isolated.<locals>.sync_mark"
@@ -225,3 +226,39 @@ async def test_plain_lilya_tasks_are_adopted_and_isolated() -> None:
 def test_collection_rejects_what_is_not_a_task() -> None:
     with pytest.raises(TypeError, match=r"BackgroundTasks\(tasks=\.\.\.\) takes .* got 3 \(int\)"):
         BackgroundTasks([3])  # type: ignore[list-item]
+
+
+async def test_a_task_raising_cancelled_error_itself_is_a_logged_failure(
+    task_log: list[logging.LogRecord],
+) -> None:
+    import asyncio
+
+    ran: list[str] = []
+
+    async def awaits_a_cancelled_future() -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    async def after() -> None:
+        ran.append("after")
+
+    await BackgroundTasks([awaits_a_cancelled_future, after])()
+    assert ran == ["after"]
+    assert [r.task_name for r in errors(task_log)] == [  # type: ignore[attr-defined]
+        "test_a_task_raising_cancelled_error_itself_is_a_logged_failure.<locals>"
+        ".awaits_a_cancelled_future"
+    ]
+
+
+async def test_a_lilya_collection_is_read_when_it_runs() -> None:
+    ran: list[str] = []
+
+    def mark(label: str) -> None:
+        ran.append(label)
+
+    lilya_tasks = Tasks([Task(mark, "first")])
+    adopted = BackgroundTasks([lilya_tasks])
+    lilya_tasks.add_task(mark, "added later")
+    await adopted()
+    assert ran == ["first", "added later"]

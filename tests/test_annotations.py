@@ -1,0 +1,54 @@
+"""Binding when annotations are strings (PEP 563), as under `from __future__ import annotations`."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from esm_tasks import App, BackgroundTasks, Response, get, post
+
+from .support import Events, client
+
+pytestmark = pytest.mark.anyio
+
+
+class Note(BaseModel):
+    text: str
+
+
+async def test_string_annotations_bind_like_real_ones() -> None:
+    events = Events()
+
+    @post("/notes/{note_id:int}")
+    async def create(
+        note_id: int, data: Note, tasks: BackgroundTasks, res: Response
+    ) -> dict[str, object]:
+        tasks.add_task(events.task("added"))
+        res.status_code = 202
+        return {"id": note_id, "text": data.text}
+
+    async with client(App(routes=[create])) as http:
+        response = await http.post("/notes/3", json={"text": "hi"})
+    assert (response.status_code, response.json()) == (202, {"id": 3, "text": "hi"})
+    assert events == ["added"]
+
+
+def test_a_name_the_module_does_not_define_fails_at_decoration() -> None:
+    class Local(BaseModel):
+        x: int
+
+    async def handler(tasks: BackgroundTasks, body: Local) -> None: ...
+
+    with pytest.raises(
+        TypeError, match=r"POST /p: the annotation 'Local' of 'body' .*module level"
+    ):
+        post("/p")(handler)
+
+
+async def test_an_object_annotation_is_a_query_parameter_not_the_draft() -> None:
+    @get("/o")
+    async def handler(thing: object) -> object:
+        return thing
+
+    async with client(App(routes=[handler])) as http:
+        assert (await http.get("/o?thing=x")).json() == "x"
