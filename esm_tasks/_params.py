@@ -14,11 +14,11 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Union
+from urllib.parse import parse_qsl
 
 import anyio.to_thread
 from lilya.background import Tasks
 from lilya.compat import is_async_callable
-from lilya.datastructures import QueryParam
 from lilya.requests import Request
 from lilya.responses import Response as LilyaResponse
 from lilya.types import Receive, Scope
@@ -88,7 +88,7 @@ class Binding:
         self.cache: dict[Callable[..., Any], Any] = {}
         self.errors: list[dict[str, Any]] = []
         self._request: Request | None = None
-        self._query: QueryParam | None = None
+        self._query: dict[str, list[str]] | None = None
 
     @property
     def request(self) -> Request:
@@ -97,9 +97,12 @@ class Binding:
         return self._request
 
     @property
-    def query(self) -> QueryParam:
+    def query(self) -> dict[str, list[str]]:
         if self._query is None:
-            self._query = QueryParam(self.scope["query_string"])
+            self._query = {}
+            query_string = self.scope["query_string"].decode("latin-1")
+            for key, value in parse_qsl(query_string, keep_blank_values=True):
+                self._query.setdefault(key, []).append(value)
         return self._query
 
     def invalid(self, where: str, name: str, error: ValidationError | None = None) -> Any:
@@ -239,7 +242,8 @@ def _getter(
             flags["tasks"] = flags["draft"] = True
             return _get_draft
     if name in path_params:
-        return functools.partial(_get_path, name, _adapter(annotation))
+        exact = annotation if annotation in (int, float) else None
+        return functools.partial(_get_path, name, _adapter(annotation), exact)
     if name in BODY_NAMES or (_is_class(annotation) and issubclass(annotation, BaseModel)):
         flags["body"] = True
         return functools.partial(
@@ -315,9 +319,11 @@ def _get_draft(binding: Binding) -> ResponseDraft | None:
     return binding.draft
 
 
-def _get_path(name: str, adapter: TypeAdapter[Any] | None, binding: Binding) -> Any:
+def _get_path(
+    name: str, adapter: TypeAdapter[Any] | None, exact: type | None, binding: Binding
+) -> Any:
     raw = binding.scope["path_params"][name]
-    if adapter is None:
+    if adapter is None or type(raw) is exact:  # Lilya's convertor already gave the type
         return raw
     try:
         return adapter.validate_python(raw)
@@ -333,8 +339,8 @@ def _get_query(
     if path_params and name in path_params:
         raw, where = path_params[name], "path"
     else:
-        query = binding.query
-        raw = query.getall(name, None) if many else query.get(name)
+        values = binding.query.get(name)
+        raw = values if many or values is None else values[-1]
         where = "query"
     if raw is None:
         return binding.invalid(where, name) if default is _empty else default

@@ -58,6 +58,7 @@ class Response(lilya_responses.Response):
     # One task is kept as it is; a ResponseTasks is made only for a second one,
     # or when `background` is read, so most responses allocate no container.
     _tasks: Task | None = None
+    _where = "Response.background"  # names the response in errors, set per subclass
 
     def make_response(self, content: Any) -> bytes:
         if content is None or self.status_code in _NO_BODY:
@@ -85,15 +86,18 @@ class Response(lilya_responses.Response):
     def background(self, value: BackgroundSpec) -> None:
         if value is None:
             return
+        steps = to_steps(value, self._where)
         current = self._tasks
-        # Assigning a collection to itself (`res.background = res.background`) adds nothing.
-        steps = [
-            s for s in to_steps(value, f"{type(self).__name__}.background") if s is not current
-        ]
-        if current is None and len(steps) == 1:
-            self._tasks = steps[0]
-        elif steps:
-            self.background.tasks.extend(steps)
+        if current is None:
+            self._tasks = steps[0] if len(steps) == 1 else ResponseTasks._of(steps)
+        else:
+            # Assigning a collection to itself (`res.background = res.background`) adds nothing.
+            self.background.tasks.extend(step for step in steps if step is not current)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_where" not in cls.__dict__:
+            cls._where = f"{cls.__name__}.background"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._tasks is None or self._tasks is _SENT_BY_MERGE:
@@ -148,6 +152,8 @@ class ResponseDraft(Response):
     the handler's return value; its tasks join the request's own, in the order
     they were added.
     """
+
+    _where = "the response draft's background"
 
     def __init__(self, status_code: int, tasks: ResponseTasks) -> None:
         self.status_code = status_code

@@ -51,7 +51,7 @@ class TaskRoute(Path):
         where = f"{'/'.join(methods) or '(no method)'} {path}"
         _check_route(where, path, fn, methods, status_code, response_class)
         self.fn = fn
-        self.background = to_steps(background, f"{where}: background=")
+        self.background = tuple(to_steps(background, f"{where}: background="))
         if status_code is None:
             status_code = DEFAULT_STATUS.get(methods[0], 200) if len(methods) == 1 else 200
         self.status_code = status_code

@@ -6,7 +6,7 @@ import functools
 import inspect
 import types
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, cast
 
 import anyio
 import anyio.to_thread
@@ -15,6 +15,9 @@ from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
 from ._execution import run_isolated
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 P = ParamSpec("P")
 
@@ -146,9 +149,17 @@ class BackgroundTasks(Tasks):
         self, tasks: Iterable[BackgroundSpec] | None = None, as_group: bool = False
     ) -> None:
         self.tasks: list[Task] = (
-            list(to_steps(list(tasks), "BackgroundTasks(tasks=...)")) if tasks else []
+            to_steps(list(tasks), "BackgroundTasks(tasks=...)") if tasks else []
         )
         self.as_group = as_group
+
+    @classmethod
+    def _of(cls, steps: list[Task]) -> Self:
+        """A sequence of steps already checked, built without checking them again."""
+        collection = cls.__new__(cls)
+        collection.tasks = steps
+        collection.as_group = False
+        return collection
 
     @classmethod
     def _adopt(cls, tasks: Tasks) -> BackgroundTasks:
@@ -183,7 +194,7 @@ class _AdoptedTasks(BackgroundTasks):
         self._source = source
 
     async def __call__(self) -> None:
-        self.tasks = list(to_steps(list(self._source.tasks), "Tasks(tasks=...)"))
+        self.tasks = to_steps(list(self._source.tasks), "Tasks(tasks=...)")
         await super().__call__()
 
 
@@ -192,25 +203,35 @@ BackgroundSpec: TypeAlias = Task | Callable[[], Any] | Sequence["BackgroundSpec"
 arguments, a list or tuple of these nested to any depth, or None."""
 
 
-def to_steps(spec: BackgroundSpec, where: str) -> tuple[Task, ...]:
+def to_steps(spec: BackgroundSpec, where: str) -> list[Task]:
     """Flatten a `background=` value into the steps it runs, in order.
 
     Lists only sequence their items, so they flatten; a `BackgroundTasks`
     stays whole, as one step. `where` names the declaration in errors.
     """
-    if spec is None:
-        return ()
-    if isinstance(spec, (BackgroundTask, BackgroundTasks)):
-        return (spec,)
+    steps: list[Task] = []
+    _flatten(spec, where, steps)
+    return steps
+
+
+def _flatten(spec: BackgroundSpec, where: str, steps: list[Task]) -> None:
+    if type(spec) is BackgroundTask or isinstance(spec, (BackgroundTask, BackgroundTasks)):
+        steps.append(spec)
+    elif isinstance(spec, (list, tuple)):
+        for item in spec:
+            _flatten(item, where, steps)
+    elif spec is not None:
+        steps.append(_one_step(spec, where))
+
+
+def _one_step(spec: object, where: str) -> Task:
     if isinstance(spec, Tasks):
-        return (BackgroundTasks._adopt(spec),)
+        return BackgroundTasks._adopt(spec)
     if isinstance(spec, Task):
-        return (BackgroundTask._adopt(spec),)
-    if isinstance(spec, (list, tuple)):
-        return tuple(step for item in spec for step in to_steps(item, where))
+        return BackgroundTask._adopt(spec)
     if callable(spec):
         try:
-            return (BackgroundTask(spec),)
+            return BackgroundTask(spec)
         except TypeError:
             name = task_name(spec)
             raise TypeError(
