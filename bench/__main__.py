@@ -162,8 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--scale", type=float, default=1.0, help="batch size multiplier")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=3200, help="end-to-end, per round")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=4000, help="end-to-end, per round")
     args = parser.parse_args()
 
     print(
@@ -173,10 +173,10 @@ def main() -> None:
     medians = asyncio.run(in_process(args.rounds, args.scale))
     print_table(medians)
 
-    latency = end_to_end(args.connections, args.requests, rounds=2)
+    latency = end_to_end(args.connections, args.requests, rounds=3)
     print(
         f"\nend to end: uvicorn on 127.0.0.1, {args.connections} keep-alive connections, "
-        f"{2 * args.requests} requests per route"
+        f"{3 * args.requests} requests per route"
     )
     for path, (p50, p99) in latency.items():
         print(f"  GET {path:6} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")

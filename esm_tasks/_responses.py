@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import functools
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 import lilya.responses as lilya_responses
@@ -115,6 +116,26 @@ class JSONResponse(Response, lilya_responses.JSONResponse):
         if self.status_code in _NO_BODY:
             return b""
         return _json(content, lilya_responses.JSONResponse.make_response.__get__(self))
+
+    def make_headers(self, content_headers: Mapping[str, str] | None = None) -> None:
+        status = self.status_code
+        if content_headers or status is None or not 200 <= status < 600 or status in _NO_BODY:
+            super().make_headers(content_headers)
+            return
+        # The usual case, a body and no headers given, gets the headers Lilya would
+        # build, copied from a prepared set: parsing them each time costs more than the rest.
+        headers = _content_type_header(self.charset, self.media_type).copy()
+        headers.add("content-length", str(len(self.body)))
+        self.headers = headers
+
+
+@functools.cache
+def _content_type_header(charset: str, media_type: str | None) -> Header:
+    if media_type is None:
+        return Header()
+    if media_type.startswith("text/"):
+        media_type = f"{media_type}; charset={charset}"
+    return Header({"content-type": media_type})
 
 
 def _json(content: Any, fallback: Callable[[Any], bytes]) -> bytes:

@@ -302,3 +302,21 @@ async def test_assigning_background_on_a_response_adds_and_never_replaces() -> N
     response.background = None
     await response.background()
     assert events == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ({"a": 1},),
+        ({"a": 1}, 201),
+        (None, 204),
+        ({"a": 1}, 200, {"x-trace": "1"}),
+        ({"a": 1}, 304),
+        ({"a": 1}, 200, None, "application/vnd.api+json"),
+        ("x", 200, None, "text/plain"),
+    ],
+)
+def test_json_response_headers_are_lilyas(arguments: tuple[object, ...]) -> None:
+    ours = JSONResponse(*arguments)  # type: ignore[arg-type]
+    theirs = lilya_responses.JSONResponse(*arguments)  # type: ignore[arg-type]
+    assert sorted(ours.headers.items()) == sorted(theirs.headers.items())
