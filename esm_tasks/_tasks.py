@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, cast
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeAlias, cast
 
 import anyio
 import anyio.to_thread
@@ -58,12 +58,7 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
     if key is not None and key in _good_shapes:
         return
     if inspect.iscoroutine(func):
-        name = func.__qualname__
-        func.close()  # it will never run; closing it silences "never awaited"
-        raise TypeError(
-            f"a background task needs a function, but got the coroutine {name}(...): "
-            f"pass {name} and its arguments separately, e.g. BackgroundTask({name}, ...)"
-        )
+        _refuse_coroutine(func, "BackgroundTask")
     if not callable(func):
         raise TypeError(
             f"a background task needs a callable, but got {func!r} ({type(func).__name__})"
@@ -83,6 +78,15 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         if len(_good_shapes) >= _MAX_SHAPES:
             _good_shapes.clear()
         _good_shapes.add(key)
+
+
+def _refuse_coroutine(coroutine: Coroutine[Any, Any, Any], where: str) -> NoReturn:
+    name = coroutine.__qualname__
+    coroutine.close()  # it will never run; closing it silences "never awaited"
+    raise TypeError(
+        f"{where}: got the coroutine {name}(...), a call instead of a task; "
+        f"write BackgroundTask({name}, ...)"
+    )
 
 
 class BackgroundTask(Task):
@@ -239,12 +243,7 @@ def _one_step(spec: object, where: str) -> Task:
                 f"give them with BackgroundTask({name}, ...)"
             ) from None
     if inspect.iscoroutine(spec):
-        name = spec.__qualname__
-        spec.close()  # it will never run; closing it silences "never awaited"
-        raise TypeError(
-            f"{where}: got the coroutine {name}(...), a call instead of a task; "
-            f"write BackgroundTask({name}, ...)"
-        )
+        _refuse_coroutine(spec, where)
     raise TypeError(
         f"{where} takes a BackgroundTask, a BackgroundTasks, a function without required "
         f"arguments, or a list of these; got {spec!r} ({type(spec).__name__})"
