@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeAlias, cast
 
 import anyio
@@ -80,7 +80,7 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         _good_shapes.add(key)
 
 
-def _refuse_coroutine(coroutine: Coroutine[Any, Any, Any], where: str) -> NoReturn:
+def _refuse_coroutine(coroutine: types.CoroutineType[Any, Any, Any], where: str) -> NoReturn:
     name = coroutine.__qualname__
     coroutine.close()  # it will never run; closing it silences "never awaited"
     raise TypeError(
