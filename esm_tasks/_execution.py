@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from lilya.background import Task
 from lilya.types import Scope
 
 logger = logging.getLogger("esm_tasks")
@@ -25,8 +26,19 @@ class NamedTask(Protocol):
     def invoke(self) -> Awaitable[None]: ...
 
 
+class Observer(Protocol):
+    """What esm_tasks.testing plugs in to see, or hold back, a request's tasks."""
+
+    capture: bool
+
+    def scheduled(self, scope: Scope, steps: Sequence[tuple[str, Task]]) -> None: ...
+
+    def started(self, task: NamedTask) -> None: ...
+
+
 # The request whose tasks are running, and when its response was sent.
 _current: ContextVar[tuple[Scope, float] | None] = ContextVar("esm_tasks_run", default=None)
+observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
 
 async def run_steps(steps: Iterable[Callable[[], Awaitable[None]]], scope: Scope) -> None:
@@ -51,6 +63,9 @@ def in_request(scope: Scope) -> Iterator[None]:
 
 async def run_isolated(task: NamedTask) -> None:
     """Run one task; an exception is logged here and goes no further."""
+    watcher = observer.get()
+    if watcher is not None:
+        watcher.started(task)
     debug = logger.isEnabledFor(logging.DEBUG)
     started = _log_start(task) if debug else 0.0
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from lilya.background import Task
 
+from ._responses import RequestTasks
 from ._tasks import BackgroundTasks
 
 
@@ -41,3 +42,20 @@ def _not_in(own: Task, earlier: tuple[Task, ...]) -> tuple[Task, ...]:
         if any(member is step for member in members for step in earlier):
             return tuple(m for m in members if all(m is not step for step in earlier))
     return (own,)
+
+
+def label_sources(steps: tuple[Task, ...], declared: tuple[Task, ...]) -> list[tuple[str, Task]]:
+    """Each step with the source it came from: "handler", "request" or "response".
+
+    Only an observer (esm_tasks.testing) asks, so the hot path never pays for it.
+    """
+    labelled = []
+    for index, step in enumerate(steps):
+        if index < len(declared) and step is declared[index]:
+            source = "handler"
+        elif type(step) is RequestTasks:
+            source = "request"
+        else:
+            source = "response"
+        labelled.append((source, step))
+    return labelled

@@ -48,6 +48,12 @@ class ResponseTasks(BackgroundTasks):
         return func
 
 
+class RequestTasks(ResponseTasks):
+    """The one collection that a request's handler, dependencies and draft add to."""
+
+    __slots__ = ()
+
+
 class Response(lilya_responses.Response):
     """A Lilya response whose `background` takes every form a route does.
 

@@ -15,10 +15,10 @@ from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
-from ._execution import run_steps
-from ._merge import merge
+from ._execution import observer, run_steps
+from ._merge import label_sources, merge
 from ._params import Binding, plan, read_body
-from ._responses import JSONResponse, ResponseDraft, ResponseTasks, respond
+from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
 from ._tasks import BackgroundSpec, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
@@ -92,7 +92,11 @@ class _Endpoint:
         finally:
             # The handler returned: its tasks are owed, even if sending failed.
             if steps:
-                await run_steps(steps, scope)
+                watcher = observer.get()
+                if watcher is not None:
+                    watcher.scheduled(scope, label_sources(steps, self.route.background))
+                if watcher is None or not watcher.capture:
+                    await run_steps(steps, scope)
 
     async def handle(
         self, scope: Scope, receive: Receive, stack: contextlib.AsyncExitStack | None
@@ -104,7 +108,7 @@ class _Endpoint:
             result = await route.call_handler()
             response, own = respond(result, route.response_class, route.status_code, None)
             return response, merge(route.background, None, own)
-        tasks = ResponseTasks() if plan.needs_tasks else None
+        tasks = RequestTasks() if plan.needs_tasks else None
         draft = ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
         binding = Binding(scope, receive, tasks, draft, stack)
         if plan.reads_body:

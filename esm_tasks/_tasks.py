@@ -170,6 +170,10 @@ class BackgroundTasks(Tasks):
         """Take over a plain Lilya collection: its members get isolated too."""
         return _AdoptedTasks(tasks)
 
+    def members(self) -> list[Task]:
+        """The steps this collection runs, as of now."""
+        return self.tasks
+
     def add_task(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
         """Append one call of `func(*args, **kwargs)`."""
         self.tasks.append(BackgroundTask(func, *args, **kwargs))
@@ -197,8 +201,11 @@ class _AdoptedTasks(BackgroundTasks):
         super().__init__(as_group=source.as_group)
         self._source = source
 
+    def members(self) -> list[Task]:
+        return to_steps(list(self._source.tasks), "Tasks(tasks=...)")
+
     async def __call__(self) -> None:
-        self.tasks = to_steps(list(self._source.tasks), "Tasks(tasks=...)")
+        self.tasks = self.members()
         await super().__call__()
 
 

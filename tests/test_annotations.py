@@ -6,8 +6,9 @@ import pytest
 from pydantic import BaseModel
 
 from esm_tasks import App, BackgroundTasks, Response, get, post
+from esm_tasks.testing import TestClient
 
-from .support import Events, client
+from .support import Events
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +28,7 @@ async def test_string_annotations_bind_like_real_ones() -> None:
         res.status_code = 202
         return {"id": note_id, "text": data.text}
 
-    async with client(App(routes=[create])) as http:
+    async with TestClient(App(routes=[create])) as http:
         response = await http.post("/notes/3", json={"text": "hi"})
     assert (response.status_code, response.json()) == (202, {"id": 3, "text": "hi"})
     assert events == ["added"]
@@ -50,5 +51,5 @@ async def test_an_object_annotation_is_a_query_parameter_not_the_draft() -> None
     async def handler(thing: object) -> object:
         return thing
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/o?thing=x")).json() == "x"

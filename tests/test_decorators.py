@@ -17,8 +17,9 @@ from esm_tasks import (
     put,
     route,
 )
+from esm_tasks.testing import TestClient
 
-from .support import Events, client
+from .support import Events
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +44,7 @@ async def test_each_verb_serves_its_method_with_esmeralds_default_status(
         events.append("handler")
         return None if status == 204 else {"ok": method}
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         response = await http.request(method, "/thing")
         wrong = await http.request("OPTIONS" if method != "OPTIONS" else "GET", "/thing")
     assert response.status_code == status
@@ -61,7 +62,7 @@ async def test_route_serves_several_methods_and_status_can_be_set() -> None:
     async def other() -> str:
         return "y"
 
-    async with client(App(routes=[items, other])) as http:
+    async with TestClient(App(routes=[items, other])) as http:
         assert (await http.get("/items")).status_code == 202
         assert (await http.post("/items")).status_code == 202
         assert (await http.post("/other")).status_code == 200
@@ -105,7 +106,7 @@ async def test_every_background_form_runs_in_declaration_order() -> None:
     async def handler() -> None:
         events.append("handler")
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.post("/all")).status_code == 201
     assert events[:7] == [
         "handler",
@@ -198,7 +199,7 @@ def _routes(events: Events) -> TaskRoute:
 )
 async def test_routes_merge_in_app_include_and_plain_lilya(make_app, url) -> None:  # type: ignore[no-untyped-def]
     events = Events()
-    async with client(make_app(_routes(events))) as http:
+    async with TestClient(make_app(_routes(events))) as http:
         response = await http.post(url)
     assert response.json() == {"order": 3}
     assert events == ["declared", "added"]
@@ -210,7 +211,7 @@ async def test_a_path_parameter_of_an_enclosing_include_is_bound() -> None:
         return {"tenant": tenant, "user": user_id}
 
     app = App(routes=[Include("/tenants/{tenant}", routes=[user])])
-    async with client(app) as http:
+    async with TestClient(app) as http:
         assert (await http.get("/tenants/acme/users/4")).json() == {"tenant": "acme", "user": 4}
 
 
@@ -223,7 +224,7 @@ async def test_declared_objects_are_never_mutated_by_a_request() -> None:
         tasks.add_task(events.task(f"added {label}"))
         return PlainText("ok", background=events.task(f"own {label}"))
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         await http.post("/a?label=1")
         await http.post("/a?label=2")
     assert events == ["declared", "added 1", "own 1", "declared", "added 2", "own 2"]

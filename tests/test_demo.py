@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from .support import client
+from esm_tasks.testing import TestClient
 
 pytestmark = pytest.mark.anyio
 
@@ -14,7 +14,7 @@ async def test_the_demo_serves_every_style_and_logs_each_task(
 ) -> None:
     from docs_src import demo
 
-    async with client(demo.app) as http:
+    async with TestClient(demo.app) as http:
         advertised = (await http.get("/")).json()["try"]
         assert len(advertised) == 5
         register = await http.post("/register", json={"email": "ada@example.com"})

@@ -5,7 +5,7 @@ from types import ModuleType
 
 import pytest
 
-from .support import client
+from esm_tasks.testing import TestClient
 
 pytestmark = pytest.mark.anyio
 
@@ -20,7 +20,7 @@ def example(name: str) -> ModuleType:
 
 async def test_handler_single() -> None:
     module = example("handler_single")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         response = await http.post("/register", json={"email": "ada@example.com"})
     assert (response.status_code, response.json()) == (201, {"email": "ada@example.com"})
     assert module.outbox == ["Account created"]
@@ -28,7 +28,7 @@ async def test_handler_single() -> None:
 
 async def test_handler_list() -> None:
     module = example("handler_list")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.get("/items")).json() == ["apple", "pear"]
         await http.post("/items")
     assert module.journal == ["audit items", "cache refreshed"] * 2
@@ -36,7 +36,7 @@ async def test_handler_list() -> None:
 
 async def test_response_single() -> None:
     module = example("response_single")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         response = await http.post("/signup/ada@example.com")
     assert (response.status_code, response.json()) == (201, {"message": "Email sent"})
     assert module.outbox == ["welcome ada@example.com"]
@@ -44,28 +44,28 @@ async def test_response_single() -> None:
 
 async def test_response_list() -> None:
     module = example("response_list")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/orders/ada")).json() == {"status": "placed"}
     assert module.outbox == ["Order placed -> ada", "report for ada"]
 
 
 async def test_add_task() -> None:
     module = example("add_task")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/invite/ada")).json() == {"invited": "ada"}
     assert module.outbox == ["email:ada", "sms:ada"]
 
 
 async def test_group() -> None:
     module = example("group")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/photos")).status_code == 201
     assert sorted(module.thumbnails) == [64, 128, 256]
 
 
 async def test_injected() -> None:
     module = example("injected")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/orders/12/pay?amount=3.5")).json() == {"paid": 12}
         assert (await http.post("/orders/12/pay")).status_code == 422
     assert module.outbox == ["receipt 12: 3.50"]
@@ -73,14 +73,14 @@ async def test_injected() -> None:
 
 async def test_injected_dependency() -> None:
     module = example("injected_dependency")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.get("/pages/home")).json() == {"page": "home"}
     assert module.events == ["visit home", "visit home (rendered)"]
 
 
 async def test_draft_assign() -> None:
     module = example("draft_assign")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         response = await http.post("/contact/ada")
     assert response.status_code == 202
     assert response.headers["x-queued"] == "2"
@@ -89,14 +89,14 @@ async def test_draft_assign() -> None:
 
 async def test_draft_call() -> None:
     module = example("draft_call")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/greet/ada")).json() == {"greeting": "ada"}
     assert module.greetings == ["hello ada", "wave at ada"]
 
 
 async def test_merge_order() -> None:
     module = example("merge_order")
-    async with client(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/checkout")).json() == {"user": "ada"}
     assert module.ran == [
         "1. declared on the route",

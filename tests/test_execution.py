@@ -11,8 +11,9 @@ from lilya.middleware.compression import GZipMiddleware
 from lilya.types import ASGIApp, Receive, Scope, Send
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Response, StreamingResponse, get, post
+from esm_tasks.testing import TestClient
 
-from .support import Events, client, drive, errors
+from .support import Events, drive, errors
 
 pytestmark = pytest.mark.anyio
 
@@ -138,7 +139,7 @@ async def test_a_raising_handler_runs_none_of_its_tasks(error: Exception) -> Non
         res.background = events.task("draft")
         raise error
 
-    async with client(App(routes=[fail])) as http:
+    async with TestClient(App(routes=[fail])) as http:
         if isinstance(error, HTTPException):
             assert (await http.post("/fail")).status_code == 409
         else:
@@ -168,7 +169,7 @@ async def test_sync_tasks_never_block_the_event_loop() -> None:
     @post("/sync", background=BackgroundTasks([sync_waits, on_the_loop], as_group=True))
     async def handler() -> None: ...
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         with anyio.fail_after(60):
             await http.post("/sync")
     assert outcome == [True]
@@ -185,7 +186,7 @@ async def test_tasks_are_done_when_the_app_call_returns() -> None:
     @post("/x", background=slow_but_finishes)
     async def handler() -> None: ...
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         await http.post("/x")
         assert events == ["finished"]
 
@@ -197,7 +198,24 @@ async def test_head_requests_run_the_get_routes_tasks() -> None:
     async def page() -> str:
         return "hello"
 
-    async with client(App(routes=[page])) as http:
+    async with TestClient(App(routes=[page])) as http:
         response = await http.head("/page")
     assert response.status_code == 200
     assert events == ["counted"]
+
+
+async def test_the_testing_kit_proves_the_order_for_a_stream() -> None:
+    events = Events()
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b"a"
+        yield b"b"
+
+    @get("/stream", background=events.task("declared"))
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(chunks(), background=events.task("own"))
+
+    async with TestClient(App(routes=[stream])) as client:
+        assert (await client.get("/stream")).content == b"ab"
+    client.assert_response_before_tasks()
+    assert events == ["declared", "own"]

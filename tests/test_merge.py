@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, Response, post
+from esm_tasks.testing import TestClient
 
-from .support import Events, client
+from .support import Events
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +27,7 @@ async def test_sources_run_in_the_documented_order() -> None:
         tasks.add_task(events.task("2d handler again"))
         return Response("ok", background=[events.task("3a own"), events.task("3b own")])
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         await http.post("/order")
     assert events == [
         "1a declared",
@@ -47,7 +48,7 @@ async def test_a_group_is_one_step_between_its_neighbours() -> None:
     @post("/g", background=[events.task("before"), group, events.task("after")])
     async def handler() -> None: ...
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         await http.post("/g")
     assert events[0] == "before"
     assert sorted(events[1:3]) == ["g1", "g2"]
@@ -101,7 +102,7 @@ def test_random_nestings_from_every_source_run_in_order_exactly_once(data: st.Da
         return Response("ok", background=own)  # type: ignore[arg-type]
 
     async def run() -> None:
-        async with client(App(routes=[handler])) as http:
+        async with TestClient(App(routes=[handler])) as http:
             assert (await http.post("/p")).status_code == 200
 
     anyio.run(run)
@@ -128,7 +129,7 @@ async def test_the_same_collection_from_two_sources_runs_once() -> None:
         res.background = res.background
         res.background = tasks
 
-    async with client(App(routes=[given_back, inside_a_list, into_itself])) as http:
+    async with TestClient(App(routes=[given_back, inside_a_list, into_itself])) as http:
         await http.post("/given-back")
         assert events == ["added"]
         await http.post("/inside-a-list")

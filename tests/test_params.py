@@ -9,8 +9,9 @@ from lilya.requests import Request
 from pydantic import BaseModel
 
 from esm_tasks import App, BackgroundTasks, Depends, Response, get, post
+from esm_tasks.testing import TestClient
 
-from .support import Events, client
+from .support import Events
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,7 @@ async def test_path_query_and_body_are_coerced_to_their_annotations() -> None:
             "note": note,
         }
 
-    async with client(App(routes=[create])) as http:
+    async with TestClient(App(routes=[create])) as http:
         response = await http.post(
             "/shops/north/items/7?limit=3&active=true&ids=1&ids=2&tag=x",
             json={"name": "pen", "price": "1.5"},
@@ -77,7 +78,7 @@ async def test_payload_and_unannotated_data_receive_the_json_body() -> None:
     async def any_name(item: Item) -> object:
         return item
 
-    async with client(App(routes=[raw, typed, any_name])) as http:
+    async with TestClient(App(routes=[raw, typed, any_name])) as http:
         assert (await http.post("/raw", json=[1, "a"])).json() == [1, "a"]
         assert (await http.post("/typed", json={"a": "2"})).json() == {"a": 2}
         assert (await http.post("/any-name", json={"name": "a", "price": 2})).json() == {
@@ -91,7 +92,7 @@ async def test_an_unannotated_path_parameter_keeps_lilyas_conversion() -> None:
     async def show(n) -> object:  # type: ignore[no-untyped-def]
         return {"n": n, "type": type(n).__name__}
 
-    async with client(App(routes=[show])) as http:
+    async with TestClient(App(routes=[show])) as http:
         assert (await http.get("/n/4")).json() == {"n": 4, "type": "int"}
 
 
@@ -103,7 +104,7 @@ async def test_request_tasks_and_draft_are_injected_by_annotation_under_any_name
         seen.update(req=req, later=later, draft=draft)
         return {"path": req.url.path}
 
-    async with client(App(routes=[who])) as http:
+    async with TestClient(App(routes=[who])) as http:
         assert (await http.get("/who")).json() == {"path": "/who"}
     assert isinstance(seen["req"], Request)
     assert isinstance(seen["later"], BackgroundTasks)
@@ -140,7 +141,7 @@ async def test_invalid_input_gets_422_naming_each_field_and_runs_nothing(url, bo
     async def validate(item_id: int, limit: int, data: Item, _: None = Depends(audit)) -> None:
         events.append("handler")
 
-    async with client(App(routes=[validate])) as http:
+    async with TestClient(App(routes=[validate])) as http:
         response = await http.post(url, json=body) if body is not None else await http.post(url)
     assert response.status_code == 422
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == errors
@@ -152,7 +153,7 @@ async def test_a_malformed_json_body_is_a_422() -> None:
     @post("/items")
     async def create(data: Item) -> None: ...
 
-    async with client(App(routes=[create])) as http:
+    async with TestClient(App(routes=[create])) as http:
         response = await http.post(
             "/items", content=b"{not json", headers={"content-type": "application/json"}
         )
@@ -183,7 +184,7 @@ async def test_dependencies_nest_share_the_task_collector_and_are_cached_per_req
         tasks.add_task(events.task("added by handler"))
         return f"{svc} {repo}"
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/svc")).json() == "service(repo(db), db) repo(db)"
         await http.get("/svc")
     assert calls == ["database", "repository"] * 2
@@ -218,7 +219,7 @@ async def test_generator_dependencies_clean_up_after_the_handler() -> None:
             raise RuntimeError("handler failed")
         return "ok"
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/res?fail=false")).json() == "ok"
         assert trail == [
             "open async",
@@ -244,7 +245,7 @@ async def test_a_dependency_with_invalid_input_is_not_called() -> None:
     async def listing(page: int = Depends(paging)) -> int:
         return page
 
-    async with client(App(routes=[listing])) as http:
+    async with TestClient(App(routes=[listing])) as http:
         response = await http.get("/list?page=first")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "page"]
@@ -262,7 +263,7 @@ async def test_sync_handlers_and_dependencies_run_in_worker_threads() -> None:
         threads.append(threading.current_thread() is threading.main_thread())
         return {"ok": True}
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/sync")).json() == {"ok": True}
     assert threads == [False, False]
 

@@ -26,8 +26,9 @@ from esm_tasks import (
     get,
     post,
 )
+from esm_tasks.testing import TestClient
 
-from .support import Events, client, errors
+from .support import Events, errors
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +48,7 @@ async def test_every_background_form_is_accepted_by_responses(response_class) ->
             ],
         )
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/r")).status_code == 200
     assert events == ["task", "function", "collection"]
 
@@ -67,7 +68,7 @@ async def test_streaming_and_redirect_responses_carry_tasks() -> None:
     async def go() -> RedirectResponse:
         return RedirectResponse("/stream", background=[events.task("after redirect")])
 
-    async with client(App(routes=[stream, go])) as http:
+    async with TestClient(App(routes=[stream, go])) as http:
         assert (await http.get("/go", follow_redirects=True)).content == b"ab"
     assert events == ["after redirect", "after stream"]
 
@@ -88,7 +89,7 @@ async def test_esm_tasks_responses_keep_their_guarantees_in_plain_lilya_routes(
     async def handler() -> JSONResponse:
         return JSONResponse({"a": 1}, background=[fails, events.task("still runs")])
 
-    async with client(Lilya(routes=[Path("/", handler)])) as http:
+    async with TestClient(Lilya(routes=[Path("/", handler)])) as http:
         assert (await http.get("/")).json() == {"a": 1}
     assert events == ["still runs"]
     [record] = errors(task_log)
@@ -108,7 +109,7 @@ async def test_plain_lilya_responses_and_tasks_are_merged_and_isolated() -> None
         group = Tasks([Task(fails), Task(events.sync_task("grouped"))], as_group=True)
         return lilya_responses.PlainText("ok", background=Tasks([Task(events.task("own")), group]))
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/lilya")).text == "ok"
     assert events == ["declared", "own", "grouped"]
 
@@ -140,7 +141,7 @@ async def test_returned_data_is_serialised_with_the_route_response_class(value, 
     async def handler() -> object:
         return value
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         response = await http.get("/data")
     assert response.content == body
     assert response.headers["content-type"].startswith("application/json")
@@ -155,7 +156,7 @@ async def test_response_class_and_status_code_apply_to_returned_data() -> None:
     async def remove() -> None:
         return None
 
-    async with client(App(routes=[page, remove])) as http:
+    async with TestClient(App(routes=[page, remove])) as http:
         html = await http.post("/page")
         gone = await http.delete("/thing")
     assert (html.status_code, html.text, html.headers["content-type"]) == (
@@ -192,7 +193,7 @@ async def test_the_draft_sets_status_headers_cookies_and_tasks() -> None:
 
         return {"ok": "yes"}
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         response = await http.post("/draft")
     assert response.status_code == 202
     assert response.headers["x-trace"] == "abc"
@@ -219,7 +220,7 @@ async def test_the_draft_calls_with_arguments_and_checks_them() -> None:
         if bad:
             res.background(greet, nobody="x")  # type: ignore[call-arg]
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         await http.post("/greet")
         with pytest.raises(TypeError, match="greet"):
             await http.post("/greet?bad=true")
@@ -235,7 +236,7 @@ async def test_a_returned_response_keeps_its_headers_and_the_draft_keeps_its_tas
         res.background = events.task("draft")
         return PlainText("body", background=events.task("own"))
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         response = await http.get("/both")
     assert "x-from-draft" not in response.headers  # the returned response is sent as it is
     assert events == ["draft", "own"]
@@ -255,7 +256,7 @@ async def test_a_shared_response_object_is_never_changed_by_a_request() -> None:
     async def lilya() -> lilya_responses.Response:
         return shared_lilya
 
-    async with client(App(routes=[ours, lilya])) as http:
+    async with TestClient(App(routes=[ours, lilya])) as http:
         alice = await http.get("/ours?user=alice")
         bob = await http.get("/ours?user=bob")
         await http.get("/lilya")
@@ -275,7 +276,7 @@ async def test_returning_the_draft_sends_its_headers_once() -> None:
         res.background = events.task("once")
         return res
 
-    async with client(App(routes=[handler])) as http:
+    async with TestClient(App(routes=[handler])) as http:
         response = await http.post("/draft-itself")
     assert response.headers.get_list("set-cookie") == ["s=1; Path=/; SameSite=lax"]
     assert events == ["once"]
@@ -290,7 +291,7 @@ async def test_a_file_response_carries_tasks(tmp_path) -> None:  # type: ignore[
     async def file() -> FileResponse:
         return FileResponse(path, background=[events.task("after file")])
 
-    async with client(App(routes=[file])) as http:
+    async with TestClient(App(routes=[file])) as http:
         assert (await http.get("/file")).text == "report"
     assert events == ["after file"]
 

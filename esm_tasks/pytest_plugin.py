@@ -1,0 +1,33 @@
+"""pytest fixtures for esm_tasks apps, registered when esm_tasks is installed.
+
+Define an `app` fixture; then take `task_client` (tasks run, each request returns with its
+tasks done) or `task_capture` (tasks are recorded, not run) in a test. httpx is imported
+only when a fixture is used, so installing esm_tasks never breaks a test suite without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from lilya.types import ASGIApp
+
+    from esm_tasks.testing import TestClient
+
+
+@pytest.fixture
+def task_client(app: ASGIApp) -> TestClient:
+    """A client on the `app` fixture that runs every task before a request returns."""
+    from esm_tasks.testing import TestClient
+
+    return TestClient(app)
+
+
+@pytest.fixture
+def task_capture(app: ASGIApp) -> TestClient:
+    """A client on the `app` fixture that records every task and runs none until asked."""
+    from esm_tasks.testing import TestClient
+
+    return TestClient(app, capture=True)

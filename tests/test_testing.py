@@ -1,0 +1,177 @@
+"""esm_tasks.testing: capture, assert, run later, and prove the response came first."""
+
+import pytest
+from lilya.apps import Lilya
+from lilya.routing import Path
+
+from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, Response, post
+from esm_tasks.testing import TestClient
+
+pytestmark = pytest.mark.anyio
+
+outbox: list[str] = []
+
+
+async def send_email(to: str, subject: str = "Welcome") -> None:
+    outbox.append(f"{subject} -> {to}")
+
+
+def audit(action: str) -> None:
+    outbox.append(f"audit {action}")
+
+
+async def thumbnail(size: int) -> None:
+    outbox.append(f"thumbnail {size}")
+
+
+def audited(tasks: BackgroundTasks) -> None:
+    tasks.add_task(audit, "dependency")
+
+
+@post("/register", background=BackgroundTask(audit, "register"))
+async def register(tasks: BackgroundTasks, email: str, _: None = Depends(audited)) -> Response:
+    tasks.add_task(send_email, email, subject="Confirm")
+    group = BackgroundTasks(
+        [BackgroundTask(thumbnail, 64), BackgroundTask(thumbnail, 128)], as_group=True
+    )
+    return Response({"ok": True}, background=[BackgroundTask(send_email, to=email), group])
+
+
+@pytest.fixture(autouse=True)
+def empty_outbox() -> None:
+    outbox.clear()
+
+
+@pytest.fixture
+def app() -> App:
+    return App(routes=[register])
+
+
+async def test_capture_records_every_task_with_source_and_order_and_runs_none(app: App) -> None:
+    async with TestClient(app, capture=True) as client:
+        assert (await client.post("/register?email=ada@example.com")).status_code == 200
+    assert outbox == []
+    assert [(t.name, t.source, t.step, t.in_group) for t in client.scheduled] == [
+        ("audit", "handler", 1, False),
+        ("audit", "request", 2, False),
+        ("send_email", "request", 2, False),
+        ("send_email", "response", 3, False),
+        ("thumbnail", "response", 3, True),
+        ("thumbnail", "response", 3, True),
+    ]
+    first = client.scheduled[0]
+    assert (first.func, first.args, first.kwargs, first.request) == (
+        audit,
+        ("register",),
+        {},
+        "POST /register",
+    )
+
+
+async def test_assert_scheduled_matches_arguments_however_they_were_passed(app: App) -> None:
+    async with TestClient(app, capture=True) as client:
+        await client.post("/register?email=ada@example.com")
+    client.assert_scheduled(send_email)
+    client.assert_scheduled(send_email, to="ada@example.com")  # given positionally
+    client.assert_scheduled(send_email, "ada@example.com", subject="Confirm")
+    found = client.assert_scheduled(thumbnail, size=128)
+    assert found.in_group
+    client.assert_not_scheduled(send_email, to="bob@example.com")
+    client.assert_not_scheduled(print)
+
+
+async def test_failure_messages_list_what_was_scheduled_instead(app: App) -> None:
+    async with TestClient(app, capture=True) as client:
+        await client.post("/register?email=ada@example.com")
+    with pytest.raises(AssertionError) as missing:
+        client.assert_scheduled(send_email, to="bob@example.com")
+    message = str(missing.value)
+    assert message.startswith(
+        "send_email(to='bob@example.com') was not scheduled; scheduled instead:"
+    )
+    assert (
+        "send_email('ada@example.com', subject='Confirm')  [request, step 2, POST /register]"
+        in message
+    )
+    assert "thumbnail(64)  [response, step 3 (group), POST /register]" in message
+
+    with pytest.raises(AssertionError, match=r"audit\(\) was scheduled:\n  audit\('register'\)"):
+        client.assert_not_scheduled(audit)
+
+
+async def test_nothing_scheduled_says_so() -> None:
+    @post("/quiet")
+    async def quiet() -> None: ...
+
+    async with TestClient(App(routes=[quiet]), capture=True) as client:
+        await client.post("/quiet")
+    with pytest.raises(AssertionError, match="no task was scheduled at all"):
+        client.assert_scheduled(audit)
+
+
+async def test_captured_tasks_run_later_in_their_order(app: App) -> None:
+    async with TestClient(app, capture=True) as client:
+        await client.post("/register?email=ada@example.com")
+        await client.post("/register?email=bob@example.com")
+        assert outbox == []
+        await client.run_scheduled()
+        await client.run_scheduled()  # nothing is run twice
+    assert outbox[:4] == [
+        "audit register",
+        "audit dependency",
+        "Confirm -> ada@example.com",
+        "Welcome -> ada@example.com",
+    ]
+    assert sorted(outbox[4:6]) == ["thumbnail 128", "thumbnail 64"]
+    assert outbox[6:8] == ["audit register", "audit dependency"]
+    assert len(outbox) == 12
+    client.assert_response_before_tasks()
+
+
+async def test_the_default_client_runs_tasks_and_proves_the_response_came_first(app: App) -> None:
+    async with TestClient(app) as client:
+        await client.post("/register?email=ada@example.com")
+        assert len(outbox) == 6  # done when the request returns
+    client.assert_scheduled(send_email, to="ada@example.com")
+    client.assert_response_before_tasks()
+    kinds = [kind for kind, _ in client.events]
+    assert kinds[:2] == ["request", "response complete"]
+    assert kinds[2:] == ["task started"] * 6
+
+
+async def test_a_task_started_before_the_response_is_caught() -> None:
+    async def eager_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await BackgroundTask(audit, "too early")()
+        await Response("late")(scope, receive, send)
+
+    async with TestClient(eager_app) as client:
+        await client.get("/")
+    with pytest.raises(
+        AssertionError, match="task audit started before the response to GET / was complete"
+    ):
+        client.assert_response_before_tasks()
+
+
+async def test_proving_order_needs_a_task() -> None:
+    async with TestClient(App(routes=[])) as client:
+        await client.get("/")
+    with pytest.raises(AssertionError, match="nothing to prove"):
+        client.assert_response_before_tasks()
+
+
+async def test_tasks_of_plain_lilya_routes_are_seen_as_they_start() -> None:
+    async def handler() -> Response:
+        return Response("ok", background=BackgroundTask(audit, "plain"))
+
+    async with TestClient(Lilya(routes=[Path("/", handler)])) as client:
+        await client.get("/")
+    assert outbox == ["audit plain"]
+    client.assert_response_before_tasks()
+
+
+async def test_the_pytest_fixtures(task_client: TestClient, task_capture: TestClient) -> None:
+    await task_capture.post("/register?email=ada@example.com")
+    assert outbox == []
+    task_capture.assert_scheduled(send_email, to="ada@example.com")
+    await task_client.post("/register?email=ada@example.com")
+    assert len(outbox) == 6
