@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH  := $(VENV)/.bench-installed
 
-.PHONY: test lint run check bench clean
+.PHONY: test lint run check bench package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check esm_tasks tests docs_src bench
 	$(BIN)/ruff check esm_tasks tests docs_src bench
-	$(BIN)/mypy esm_tasks
+	$(BIN)/mypy esm_tasks docs_src
 
 check: lint test
+
+# A plain `pip install .` into an empty environment must give a typed, working package.
+package:
+	rm -rf build/package-check
+	$(PYTHON) -m venv build/package-check
+	build/package-check/bin/python -m pip install --quiet .
+	cd build && package-check/bin/python -c "import esm_tasks, importlib.metadata as m, pathlib; \
+	  assert (pathlib.Path(esm_tasks.__file__).parent / 'py.typed').is_file(); \
+	  assert m.version('esm-tasks') == esm_tasks.__version__; \
+	  assert any(e.value == 'esm_tasks.pytest_plugin' for e in m.entry_points(group='pytest11')); \
+	  print('installed esm-tasks', esm_tasks.__version__, 'with py.typed and its pytest plugin')"
 
 run: $(STAMP)
 	$(BIN)/python -m uvicorn docs_src.demo:app --host 127.0.0.1 --port 8000 --log-level info

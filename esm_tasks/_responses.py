@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import lilya.responses as lilya_responses
 from lilya.background import Task
 from lilya.datastructures import Header
 from lilya.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from lilya.responses import Encoder
 from pydantic_core import PydanticSerializationError, to_json
 
 from ._execution import in_request
@@ -118,6 +121,19 @@ class Response(lilya_responses.Response):
 class JSONResponse(Response, lilya_responses.JSONResponse):
     """JSON, serialised by pydantic: models, dataclasses and datetimes included."""
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            content: Any,
+            status_code: int = 200,
+            headers: Mapping[str, str] | None = None,
+            media_type: str | None = None,
+            background: BackgroundSpec = None,
+            encoders: Sequence[Encoder | type[Encoder]] | None = None,
+            passthrough_body_types: tuple[type, ...] | None = None,
+        ) -> None: ...
+
     def make_response(self, content: Any) -> bytes:
         if self.status_code in _NO_BODY:
             return b""
@@ -161,15 +177,27 @@ class PlainText(Response, lilya_responses.PlainText):
 
 
 class RedirectResponse(Response, lilya_responses.RedirectResponse):
-    pass
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *args: Any, background: BackgroundSpec = None, **kwargs: Any
+        ) -> None: ...
 
 
 class StreamingResponse(Response, lilya_responses.StreamingResponse):
-    pass
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *args: Any, background: BackgroundSpec = None, **kwargs: Any
+        ) -> None: ...
 
 
 class FileResponse(Response, lilya_responses.FileResponse):
-    pass
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *args: Any, background: BackgroundSpec = None, **kwargs: Any
+        ) -> None: ...
 
 
 class ResponseDraft(Response):
