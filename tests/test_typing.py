@@ -32,7 +32,9 @@ SNIPPET = textwrap.dedent(
 def test_mypy_reports_each_wrong_task_argument_and_nothing_else(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "snippet.py"
     path.write_text(SNIPPET)
-    stdout, stderr, _ = api.run(["--strict", "--no-error-summary", "--hide-error-context", str(path)])
+    stdout, stderr, _ = api.run(
+        ["--strict", "--no-error-summary", "--hide-error-context", str(path)]
+    )
     reported = {int(line) for line in re.findall(r"snippet\.py:(\d+): error", stdout)}
     expected = {n for n, line in enumerate(SNIPPET.splitlines(), start=1) if "# wrong" in line}
     assert reported == expected, stdout + stderr
