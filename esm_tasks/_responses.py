@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 import lilya.responses as lilya_responses
 from lilya.background import Task
 from lilya.datastructures import Header
 from lilya.types import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from lilya.responses import Encoder
 from pydantic_core import PydanticSerializationError, to_json
 
 from ._execution import in_request
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
+
+if TYPE_CHECKING:
+    from lilya.responses import Encoder
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +69,21 @@ class Response(lilya_responses.Response):
     # or when `background` is read, so most responses allocate no container.
     _tasks: Task | None = None
     _where = "Response.background"  # names the response in errors, set per subclass
+
+    if TYPE_CHECKING:  # Lilya's constructor runs; this only widens what background= takes
+
+        def __init__(
+            self,
+            content: Any = None,
+            status_code: int = 200,
+            headers: Mapping[str, str] | None = None,
+            cookies: Mapping[str, str] | Any | None = None,
+            media_type: str | None = None,
+            background: BackgroundSpec = None,
+            encoders: Sequence[Encoder | type[Encoder]] | None = None,
+            passthrough_body_types: tuple[type, ...] | None = None,
+            deduce_media_type_from_body: bool | Literal["force"] = False,
+        ) -> None: ...
 
     def make_response(self, content: Any) -> bytes:
         if content is None or self.status_code in _NO_BODY:

@@ -32,3 +32,9 @@ def test_all_is_the_public_api() -> None:
 def test_version_is_a_string() -> None:
     assert isinstance(esm_tasks.__version__, str)
     assert esm_tasks.__version__.count(".") == 2
+
+
+def test_the_testing_kit_exports() -> None:
+    import esm_tasks.testing
+
+    assert sorted(esm_tasks.testing.__all__) == ["ScheduledTask", "TestClient"]

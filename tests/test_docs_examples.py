@@ -1,6 +1,7 @@
 """Every example in docs_src/ is imported and does what the README says."""
 
 import importlib
+import re
 from types import ModuleType
 
 import pytest
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.anyio
 
 def example(name: str) -> ModuleType:
     module = importlib.import_module(f"docs_src.{name}")
-    for attribute in ("outbox", "journal", "thumbnails", "events", "greetings", "ran"):
+    for attribute in ("outbox", "journal", "thumbnails", "events", "greetings", "ran", "sent"):
         if isinstance(getattr(module, attribute, None), list):
             getattr(module, attribute).clear()
     return module
@@ -105,6 +106,61 @@ async def test_merge_order() -> None:
         "2. added on the response draft",
         "3. carried by the returned response",
     ]
+
+
+async def test_quickstart() -> None:
+    module = example("quickstart")
+    module.sent.clear()
+    async with TestClient(module.app) as http:
+        response = await http.post("/users/ada@example.com")
+    assert (response.status_code, response.json()) == (201, {"created": "ada@example.com"})
+    assert module.sent == ["admins told about new signup", "welcome ada@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        ("forgot_the_arguments", re.escape("do not fit send_email(to: str, subject: str = 'hi')")),
+        ("called_the_function", r"got the coroutine send_email\(\.\.\.\), a call instead"),
+        ("declared_a_number", r"POST /register: background= takes .* got 42 \(int\)"),
+        (
+            "declared_a_function_that_needs_arguments",
+            r"POST /register: background=: send_email needs arguments",
+        ),
+    ],
+)
+def test_errors(mistake: str, message: str) -> None:
+    module = example("errors")
+    with pytest.raises(TypeError, match=message):
+        getattr(module, mistake)()
+
+
+async def test_testing_kit() -> None:
+    module = example("testing_kit")
+    module.outbox.clear()
+    await module.test_register_schedules_a_welcome_email()
+    await module.test_the_email_goes_out_after_the_response()
+
+
+async def test_testing_fixtures() -> None:
+    module = example("testing_fixtures")
+    kit = example("testing_kit")
+    await module.test_with_the_capture_fixture(TestClient(kit.app, capture=True))
+    assert kit.outbox == []
+
+
+async def test_from_esmerald() -> None:
+    module = example("from_esmerald")
+    async with TestClient(module.app) as http:
+        await http.post("/register")
+    assert module.ran == ["Account created", "register"]
+
+
+async def test_from_fastapi() -> None:
+    module = example("from_fastapi")
+    async with TestClient(module.app) as http:
+        assert (await http.post("/send-notification/ada@example.com")).json() == {"message": "sent"}
+    assert module.ran == ["notification for ada@example.com", "response task"]
 
 
 async def test_every_example_module_is_tested() -> None:

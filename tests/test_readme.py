@@ -19,3 +19,10 @@ def test_every_example_module_is_in_the_readme() -> None:
     examples = {p.name for p in (ROOT / "docs_src").glob("*.py")} - {"__init__.py", "demo.py"}
     missing = {name for name in examples if f"<!-- docs_src/{name} -->" not in readme}
     assert not missing, f"examples missing from the README: {sorted(missing)}"
+
+
+def test_every_python_snippet_is_taken_from_an_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    sources = [path.read_text() for path in (ROOT / "docs_src").glob("*.py")]
+    for snippet in re.findall(r"```python\n(.*?)```", readme, re.DOTALL):
+        assert any(snippet in source for source in sources), f"not from docs_src:\n{snippet}"
