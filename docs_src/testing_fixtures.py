@@ -7,6 +7,8 @@ from esm_tasks.testing import TestClient
 from .testing_kit import app as registration_app
 from .testing_kit import send_email
 
+pytestmark = pytest.mark.anyio  # the fixtures are for async tests
+
 
 @pytest.fixture
 def app():  # type: ignore[no-untyped-def]

@@ -51,6 +51,12 @@ async def run_steps(steps: Iterable[Callable[[], Awaitable[None]]], scope: Scope
         _current.reset(token)
 
 
+def current_scope() -> Scope | None:
+    """The scope of the request whose tasks are running, if any."""
+    current = _current.get()
+    return None if current is None else current[0]
+
+
 @contextlib.contextmanager
 def in_request(scope: Scope) -> Iterator[None]:
     """Tasks run inside this block are logged as belonging to `scope`'s request."""

@@ -12,7 +12,7 @@ from lilya.datastructures import Header
 from lilya.types import Receive, Scope, Send
 from pydantic_core import PydanticSerializationError, to_json
 
-from ._execution import in_request
+from ._execution import in_request, observer
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 if TYPE_CHECKING:
@@ -125,11 +125,20 @@ class Response(lilya_responses.Response):
             cls._where = f"{cls.__name__}.background"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._tasks is None or self._tasks is _SENT_BY_MERGE:
+        tasks = self._tasks
+        if tasks is None or tasks is _SENT_BY_MERGE:
             await super().__call__(scope, receive, send)
             return
-        # Sent by a plain Lilya route: let failing tasks be logged with their request.
-        with in_request(scope):
+        # Sent by a plain Lilya route, which has no merge: this response runs its own tasks.
+        watcher = observer.get()
+        if watcher is not None:
+            watcher.scheduled(scope, [("response", tasks)])
+            if watcher.capture:
+                held = _shallow_copy(self)
+                held._tasks = _SENT_BY_MERGE
+                await held(scope, receive, send)
+                return
+        with in_request(scope):  # so that a failing task is logged with its request
             await super().__call__(scope, receive, send)
 
 

@@ -1,7 +1,8 @@
 """pytest fixtures for esm_tasks apps, registered when esm_tasks is installed.
 
 Define an `app` fixture; then take `task_client` (tasks run, each request returns with its
-tasks done) or `task_capture` (tasks are recorded, not run) in a test. httpx is imported
+tasks done) or `task_capture` (tasks are recorded, not run) in an async test, run by the
+anyio pytest plugin (`@pytest.mark.anyio`) or pytest-asyncio. httpx is imported
 only when a fixture is used, so installing esm_tasks never breaks a test suite without it.
 """
 
@@ -20,14 +21,20 @@ if TYPE_CHECKING:
 @pytest.fixture
 def task_client(app: ASGIApp) -> TestClient:
     """A client on the `app` fixture that runs every task before a request returns."""
-    from esm_tasks.testing import TestClient
-
-    return TestClient(app)
+    return _client(app, capture=False)
 
 
 @pytest.fixture
 def task_capture(app: ASGIApp) -> TestClient:
     """A client on the `app` fixture that records every task and runs none until asked."""
-    from esm_tasks.testing import TestClient
+    return _client(app, capture=True)
 
-    return TestClient(app, capture=True)
+
+def _client(app: ASGIApp, capture: bool) -> TestClient:
+    try:
+        from esm_tasks.testing import TestClient
+    except ModuleNotFoundError as error:  # httpx is an optional dependency
+        raise ModuleNotFoundError(
+            f"the esm_tasks test fixtures need httpx ({error}): pip install 'esm-tasks[testing]'"
+        ) from None
+    return TestClient(app, capture=capture)

@@ -11,6 +11,7 @@ request returns with its tasks done. Needs httpx (`pip install esm-tasks[testing
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,15 +21,21 @@ import httpx
 from lilya.background import Task
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._execution import NamedTask, observer, run_steps
+from ._execution import NamedTask, current_scope, observer, run_steps
 from ._tasks import BackgroundTask, BackgroundTasks
 
 __all__ = ["ScheduledTask", "TestClient"]
 
+_REQUEST = "esm_tasks.testing.request"  # the scope key numbering the requests under test
+
 
 @dataclass(frozen=True)
 class ScheduledTask:
-    """One task a request scheduled: what it calls, where it came from, and when it runs."""
+    """One task a request scheduled: what it calls, where it came from, and when it runs.
+
+    A `functools.partial` is recorded as the call it makes: its function, with its
+    arguments followed by the task's.
+    """
 
     func: Callable[..., Any]
     args: tuple[Any, ...]
@@ -37,34 +44,46 @@ class ScheduledTask:
     source: str
     """"handler" (declared on the route), "request" (added while handling) or "response"."""
     step: int
-    """Its place in the request's run, from 1; the members of a group share one."""
+    """The step of the request's run it belongs to, from 1; a collection's members share one."""
+    order: int
+    """Its place among the request's tasks, from 1; members of a group run at once."""
     in_group: bool
     request: str
     """The request's method and path, e.g. "POST /register"."""
+    request_number: int | None = field(default=None, repr=False, compare=False)
 
     def matches(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> bool:
-        """Whether this is a call of `func` with (at least) these arguments."""
-        if self.func is not func:
+        """Whether this is a call of `func` with (at least) these arguments, defaults applied."""
+        func, args, kwargs = _effective(func, args, kwargs)
+        if self.func != func:  # == and not "is": each `obj.method` is a new bound method
             return False
         if not args and not kwargs:
             return True
         try:
             signature = inspect.signature(func)
-            actual = signature.bind(*self.args, **self.kwargs).arguments
+            actual = signature.bind(*self.args, **self.kwargs)
             expected = signature.bind_partial(*args, **kwargs).arguments
-        except (TypeError, ValueError):  # no signature: compare as given
-            return self.args[: len(args)] == args and all(
-                key in self.kwargs and self.kwargs[key] == value for key, value in kwargs.items()
-            )
-        return all(key in actual and actual[key] == value for key, value in expected.items())
+        except (TypeError, ValueError):  # no signature to bind to: compare as given
+            return self.args[: len(args)] == args and _contains(self.kwargs, kwargs)
+        actual.apply_defaults()
+        for name, value in expected.items():
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                if not _contains(actual.arguments[name], value):
+                    return False
+            elif actual.arguments.get(name, _ABSENT) != value:
+                return False
+        return True
 
     def __str__(self) -> str:
-        where = f"step {self.step}{' (group)' if self.in_group else ''}"
+        where = f"step {self.step}{', in a group' if self.in_group else ''}"
         return (
             f"{_call(self.name, self.args, self.kwargs)}  [{self.source}, {where}, {self.request}]"
         )
+
+
+_ABSENT = object()
 
 
 @dataclass
@@ -72,50 +91,61 @@ class _Observer:
     capture: bool
     records: list[ScheduledTask] = field(default_factory=list)
     pending: list[tuple[Scope, list[Task]]] = field(default_factory=list)
-    events: list[tuple[str, str]] = field(default_factory=list)
+    # (kind, request number or None, detail): kind is "request", "response" or "task".
+    events: list[tuple[str, int | None, str]] = field(default_factory=list)
 
     def scheduled(self, scope: Scope, steps: Sequence[tuple[str, Task]]) -> None:
+        number = scope.get(_REQUEST)
         request = f"{scope.get('method', '-')} {scope.get('path', '-')}"
-        for number, (source, step) in enumerate(steps, start=1):
-            for task, in_group in _leaves(step, in_group=False):
+        order = sum(1 for record in self.records if record.request_number == number)
+        for step, (source, task_or_tasks) in enumerate(steps, start=1):
+            for task, in_group in _leaves(task_or_tasks, in_group=False):
+                order += 1
+                func, args, kwargs = _effective(task.func, tuple(task.args), dict(task.kwargs))
                 self.records.append(
                     ScheduledTask(
-                        func=task.func,
-                        args=tuple(task.args),
-                        kwargs=dict(task.kwargs),
+                        func=func,
+                        args=args,
+                        kwargs=kwargs,
                         name=task.name,
                         source=source,
-                        step=number,
+                        step=step,
+                        order=order,
                         in_group=in_group,
                         request=request,
+                        request_number=number,
                     )
                 )
         if self.capture:
-            self.pending.append((scope, [step for _, step in steps]))
+            self.pending.append((scope, [task for _, task in steps]))
 
     def started(self, task: NamedTask) -> None:
-        self.events.append(("task started", task.name))
+        scope = current_scope()
+        self.events.append(("task", None if scope is None else scope.get(_REQUEST), task.name))
 
 
 class _Observed:
-    """The app under test, with every request's tasks and response seen by an observer."""
+    """The app under test, each request numbered and its response and tasks observed."""
 
     def __init__(self, app: ASGIApp, watcher: _Observer) -> None:
         self.app = app
         self.watcher = watcher
+        self.requests = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = f"{scope['method']} {scope['path']}"
+        self.requests += 1
+        number = self.requests
+        scope = {**scope, _REQUEST: number}
         events = self.watcher.events
-        events.append(("request", request))
+        events.append(("request", number, f"{scope['method']} {scope['path']}"))
 
         async def observed_send(message: Message) -> None:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
-                events.append(("response complete", request))
+                events.append(("response", number, ""))
 
         token = observer.set(self.watcher)
         try:
@@ -127,8 +157,9 @@ class _Observed:
 class TestClient(httpx.AsyncClient):
     """An httpx client that calls the app in-process and sees every task it schedules.
 
-    :param capture: record each request's tasks without running them; run them later
-        with `run_scheduled()`.
+    :param capture: record each request's tasks without running them; `run_scheduled()`
+        runs them later. Tasks of a plain Lilya response returned by a plain Lilya route
+        cannot be held: they run, and are seen as they start.
     """
 
     __test__ = False  # a helper, not a pytest test class
@@ -147,13 +178,17 @@ class TestClient(httpx.AsyncClient):
 
     @property
     def scheduled(self) -> list[ScheduledTask]:
-        """Every task the requests so far scheduled, in the order each request runs them."""
+        """Every task the requests so far scheduled, each request's in the order it runs them."""
         return list(self._watcher.records)
 
     @property
-    def events(self) -> list[tuple[str, str]]:
-        """("request", ...), ("response complete", ...) and ("task started", name), in order."""
-        return list(self._watcher.events)
+    def events(self) -> list[str]:
+        """What happened, in order: "request GET /a", "response GET /a", "task send_email"."""
+        labels = {n: detail for kind, n, detail in self._watcher.events if kind == "request"}
+        return [
+            f"{kind} {detail if kind != 'response' else labels.get(number, '-')}"
+            for kind, number, detail in self._watcher.events
+        ]
 
     def assert_scheduled(
         self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -174,7 +209,7 @@ class TestClient(httpx.AsyncClient):
             raise AssertionError(f"{_call(_name(func), args, kwargs)} was scheduled:\n{lines}")
 
     async def run_scheduled(self) -> None:
-        """Run the tasks captured so far, request by request, each in its order."""
+        """Run the tasks captured so far, request by request, each in its order, once."""
         pending, self._watcher.pending = self._watcher.pending, []
         token = observer.set(_Observer(capture=False, events=self._watcher.events))
         try:
@@ -184,21 +219,25 @@ class TestClient(httpx.AsyncClient):
             observer.reset(token)
 
     def assert_response_before_tasks(self) -> None:
-        """Fail unless every task started after its request's response was complete."""
-        open_request = None
+        """Fail unless every task started after its own request's response was complete."""
+        labels: dict[int | None, str] = {}
+        complete: set[int | None] = set()
         started = 0
-        for kind, detail in self._watcher.events:
+        for kind, number, detail in self._watcher.events:
             if kind == "request":
-                open_request = detail
-            elif kind == "response complete":
-                open_request = None
-            elif kind == "task started":
+                labels[number] = detail
+            elif kind == "response":
+                complete.add(number)
+            else:
                 started += 1
-                if open_request is not None:
-                    raise AssertionError(
-                        f"task {detail} started before the response to {open_request} was "
-                        f"complete; events: {self._watcher.events}"
-                    )
+                # A task that belongs to no request's run is early for every open request.
+                mine = [number] if number is not None else list(labels)
+                for request in mine:
+                    if request not in complete:
+                        raise AssertionError(
+                            f"task {detail} started before the response to {labels[request]} "
+                            f"was complete; events: {self.events}"
+                        )
         if not started:
             raise AssertionError("no task has started yet, so there is nothing to prove")
 
@@ -215,6 +254,21 @@ def _leaves(step: Task, in_group: bool) -> Iterator[tuple[BackgroundTask, bool]]
     elif isinstance(step, BackgroundTasks):
         for member in step.members():
             yield from _leaves(member, in_group or step.as_group)
+
+
+def _effective(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The call a partial makes: its function, with its arguments and then these."""
+    while isinstance(func, functools.partial):
+        args = (*func.args, *args)
+        kwargs = {**func.keywords, **kwargs}
+        func = func.func
+    return func, args, kwargs
+
+
+def _contains(actual: dict[str, Any], expected: dict[str, Any]) -> bool:
+    return all(key in actual and actual[key] == value for key, value in expected.items())
 
 
 def _name(func: Callable[..., Any]) -> str:
