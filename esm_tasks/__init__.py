@@ -1,8 +1,10 @@
 """Background tasks declared on Lilya routes, merged with every other source, all run."""
 
-from ._app import App
+from ._app import App, Include
 from ._decorators import delete, get, patch, post, put, route
+from ._events import TaskEvent
 from ._params import Depends
+from ._policy import TaskPolicy, task_policy
 from ._responses import (
     FileResponse,
     HTMLResponse,
@@ -24,11 +26,14 @@ __all__ = [
     "Depends",
     "FileResponse",
     "HTMLResponse",
+    "Include",
     "JSONResponse",
     "PlainText",
     "RedirectResponse",
     "Response",
     "StreamingResponse",
+    "TaskEvent",
+    "TaskPolicy",
     "TaskRoute",
     "__version__",
     "delete",
@@ -37,4 +42,5 @@ __all__ = [
     "post",
     "put",
     "route",
+    "task_policy",
 ]

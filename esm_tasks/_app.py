@@ -1,9 +1,127 @@
-"""The application: a Lilya app, the home of app-wide task settings."""
+"""The application: a Lilya app with app-wide task settings and a task lifecycle."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
 from lilya.apps import Lilya
+from lilya.routing import Include as LilyaInclude
+from lilya.types import Receive, Scope, Send
+
+from ._events import TaskEvent
+from ._execution import Settings
+from ._lifecycle import Tracker, deferred, serve_lifespan
+from ._tasks import BackgroundSpec, to_steps
+
+LAYERS = "esm_tasks.layers"  # scope key: the tasks of the includes a request went through
 
 
 class App(Lilya):
-    """A `lilya.apps.Lilya` app. esm_tasks routes work in a plain Lilya app too."""
+    """A `lilya.apps.Lilya` app with settings for every task of its routes.
+
+    :param background: tasks to run after every response of every route, before any other.
+    :param on_task_error: called (sync or async) with a `TaskEvent` for every task that
+        failed or timed out, after its last attempt; if it raises, that is logged.
+    :param on_task_event: called with a `TaskEvent` for everything that happens to a task:
+        started, succeeded, retrying, failed, timed_out, abandoned, skipped.
+    :param max_concurrent_tasks: at most this many tasks of this app run at once.
+    :param task_threads: sync tasks get a thread pool of this size of their own, so that
+        task load cannot starve sync endpoints of the shared default pool.
+    :param detach_tasks: hand each request's tasks, once its body is sent, to a task group
+        of the app's lifespan, so that the request's ASGI call ends at once; otherwise
+        (the default) they run inside it.
+    :param shutdown_timeout: at shutdown, seconds the tasks still in flight get to finish
+        before they are cancelled, each logged as abandoned.
+    """
+
+    task_settings: Settings
+
+    def __init__(
+        self,
+        *args: Any,
+        background: BackgroundSpec = None,
+        on_task_error: Callable[[TaskEvent], Any] | None = None,
+        on_task_event: Callable[[TaskEvent], Any] | None = None,
+        max_concurrent_tasks: int | None = None,
+        task_threads: int | None = None,
+        detach_tasks: bool = False,
+        shutdown_timeout: float = 30.0,
+        **options: Any,
+    ) -> None:
+        for name, value in (
+            ("max_concurrent_tasks", max_concurrent_tasks),
+            ("task_threads", task_threads),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"App({name}=...) takes a whole number of at least 1, got {value!r}"
+                )
+        if not isinstance(shutdown_timeout, (int, float)) or shutdown_timeout < 0:
+            raise ValueError(
+                f"App(shutdown_timeout=...) takes seconds, 0 or more, got {shutdown_timeout!r}"
+            )
+        for name, hook in (("on_task_error", on_task_error), ("on_task_event", on_task_event)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"App({name}=...) takes a callable, got {hook!r}")
+        steps = to_steps(background, "App(background=...)")
+        self.task_settings = Settings(
+            background=tuple(("app", step) for step in steps),
+            on_task_error=on_task_error,
+            on_task_event=on_task_event,
+            task_limiter=anyio.CapacityLimiter(max_concurrent_tasks)
+            if max_concurrent_tasks
+            else None,
+            thread_limiter=anyio.CapacityLimiter(task_threads) if task_threads else None,
+            tracker=Tracker(),
+            detach=detach_tasks,
+        )
+        self.shutdown_timeout = float(shutdown_timeout)
+        super().__init__(*args, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(
+                super().__call__, self.task_settings, self.shutdown_timeout, scope, receive, send
+            )
+            return
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        # A request whose handler fails leaves its error tasks here, to run once the
+        # error response, which the layers around the route send, is out.
+        token = deferred.set(())
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            waiting = deferred.get()
+            deferred.reset(token)
+            for run_later in waiting or ():
+                await run_later()
+
+
+class Include(LilyaInclude):
+    """Lilya's `Include`, whose `background=` tasks run for every route under it.
+
+    They run after the app's and any enclosing include's, before the route's own.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        app: Any = None,
+        routes: Sequence[Any] | None = None,
+        *,
+        background: BackgroundSpec = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(path, app=app, routes=routes, **options)
+        where = f"Include({path!r}, background=...)"
+        self.background = tuple(("include", step) for step in to_steps(background, where))
+
+    def handle_match(self, scope: Scope, *args: Any, **kwargs: Any) -> Any:
+        match, child_scope = super().handle_match(scope, *args, **kwargs)
+        if self.background:
+            child_scope[LAYERS] = scope.get(LAYERS, ()) + self.background
+        return match, child_scope

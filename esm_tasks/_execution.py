@@ -1,4 +1,4 @@
-"""Where tasks run: one request's steps, one after another, each failure contained.
+"""Where tasks run: one request's steps in order, each task under its policy, failures contained.
 
 Isolation lives at the leaf (`run_isolated`), so it holds wherever a task is
 awaited: in an esm_tasks route, in a group, or in a plain Lilya response.
@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
 from lilya.background import Task
 from lilya.types import Scope
 
-logger = logging.getLogger("esm_tasks")
+from ._events import EventKind, TaskEvent, emit, report_failure
+from ._policy import DEFAULT_POLICY, TaskPolicy
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._lifecycle import Tracker
 
 
 class NamedTask(Protocol):
     name: str
 
-    def invoke(self) -> Awaitable[None]: ...
+    def invoke(self, threads: anyio.CapacityLimiter | None = None) -> Awaitable[None]: ...
 
 
 class Observer(Protocol):
@@ -31,65 +38,207 @@ class Observer(Protocol):
 
     capture: bool
 
-    def scheduled(self, scope: Scope, steps: Sequence[tuple[str, Task]]) -> None: ...
+    def scheduled(self, run: Run, steps: Sequence[tuple[str, Task]]) -> None: ...
 
     def started(self, task: NamedTask) -> None: ...
 
 
-# The request whose tasks are running, and when its response was sent.
-_current: ContextVar[tuple[Scope, float] | None] = ContextVar("esm_tasks_run", default=None)
+class Settings:
+    """An app's task settings. A plain Lilya app's tasks run under `DEFAULT_SETTINGS`."""
+
+    __slots__ = (
+        "background",
+        "detach",
+        "group",
+        "on_task_error",
+        "on_task_event",
+        "task_limiter",
+        "thread_limiter",
+        "tracker",
+    )
+
+    def __init__(
+        self,
+        *,
+        background: tuple[tuple[str, Task], ...] = (),
+        on_task_error: Callable[[TaskEvent], Any] | None = None,
+        on_task_event: Callable[[TaskEvent], Any] | None = None,
+        task_limiter: anyio.CapacityLimiter | None = None,
+        thread_limiter: anyio.CapacityLimiter | None = None,
+        tracker: Tracker | None = None,
+        detach: bool = False,
+    ) -> None:
+        self.background = background
+        self.on_task_error = on_task_error
+        self.on_task_event = on_task_event
+        self.task_limiter = task_limiter
+        self.thread_limiter = thread_limiter
+        self.tracker = tracker
+        self.detach = detach
+        self.group: TaskGroup | None = None  # the detached mode's, while the app runs
+
+
+DEFAULT_SETTINGS = Settings()
+
+
+class Run:
+    """One request's tasks while they run: what their logs, events and hooks say."""
+
+    __slots__ = ("_request_id", "cancel_scope", "failed", "scope", "sent_at", "settings")
+
+    def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
+        self.scope = scope
+        self.settings = settings
+        self.failed = failed  # None: the outcome is unknown, so every task applies
+        self.sent_at = time.monotonic()
+        self._request_id: str | None = None
+        self.cancel_scope: anyio.CancelScope | None = None  # set when the run is detached
+
+    @property
+    def method(self) -> str:
+        return str(self.scope.get("method", "-"))
+
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", "-"))
+
+    @property
+    def request_id(self) -> str:
+        """The request's X-Request-ID header, or an id made for it on first use."""
+        if self._request_id is None:
+            for name, value in self.scope.get("headers", ()):
+                if name == b"x-request-id":
+                    self._request_id = value.decode("latin-1")
+                    break
+            else:
+                self._request_id = uuid.uuid4().hex[:16]
+        return self._request_id
+
+
+def settings_of(scope: Scope) -> Settings:
+    settings = getattr(scope.get("app"), "task_settings", None)
+    return settings if isinstance(settings, Settings) else DEFAULT_SETTINGS
+
+
+_OUTSIDE = Run({"method": "-", "path": "-"}, DEFAULT_SETTINGS, failed=None)
+_OUTSIDE._request_id = "-"
+
+_current: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
-
-
-async def run_steps(steps: Iterable[Callable[[], Awaitable[None]]], scope: Scope) -> None:
-    """Run one request's merged steps in order, after its response was sent."""
-    token = _current.set((scope, time.monotonic()))
-    try:
-        for step in steps:
-            await step()
-    finally:
-        _current.reset(token)
 
 
 def current_scope() -> Scope | None:
     """The scope of the request whose tasks are running, if any."""
-    current = _current.get()
-    return None if current is None else current[0]
+    run = _current.get()
+    return None if run is None else run.scope
+
+
+async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    """Run one request's merged steps in order, after its response was sent."""
+    token = _current.set(run)
+    tracker = run.settings.tracker
+    if tracker is not None:
+        tracker.add(run)
+    try:
+        for index, step in enumerate(steps):
+            try:
+                await step()
+            except BaseException:
+                abandon(steps[index + 1 :])  # cancelled: say what will never start
+                raise
+    finally:
+        _current.reset(token)
+        if tracker is not None:
+            tracker.discard(run)
+
+
+async def run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    """A run handed to the app's task group, which shutdown can cancel on its own."""
+    with anyio.CancelScope() as scope:
+        run.cancel_scope = scope
+        await run_steps(steps, run)
 
 
 @contextlib.contextmanager
 def in_request(scope: Scope) -> Iterator[None]:
-    """Tasks run inside this block are logged as belonging to `scope`'s request."""
-    token = _current.set((scope, time.monotonic()))
+    """Tasks run inside this block belong to `scope`'s request (for plain Lilya routes)."""
+    token = _current.set(Run(scope, settings_of(scope), failed=None))
     try:
         yield
     finally:
         _current.reset(token)
 
 
+def abandon(steps: Iterable[object]) -> None:
+    """Report tasks that will never start because their run was cancelled."""
+    run = _current.get() or _OUTSIDE
+    for step in steps:
+        members = getattr(step, "members", None)
+        if members is not None:
+            abandon(members())
+        elif hasattr(step, "name") and hasattr(step, "invoke"):
+            emit("abandoned", step, run)
+
+
 async def run_isolated(task: NamedTask) -> None:
-    """Run one task; an exception is logged here and goes no further."""
+    """Run one task under its policy; no exception it raises goes further."""
+    run = _current.get() or _OUTSIDE
     watcher = observer.get()
     if watcher is not None:
         watcher.started(task)
-    debug = logger.isEnabledFor(logging.DEBUG)
-    started = _log_start(task) if debug else 0.0
+    policy: TaskPolicy = getattr(task, "policy", DEFAULT_POLICY)
+    if run.failed is not None and not policy.applies(run.failed):
+        emit("skipped", task, run)
+        return
+    attempts = policy.retries + 1
+    attempt = 1
+    started = time.monotonic()
     try:
-        await task.invoke()
+        while True:
+            emit("started", task, run, attempt=attempt, duration=time.monotonic() - run.sent_at)
+            started = time.monotonic()
+            error, timed_out = await _attempt(task, policy, run.settings)
+            duration = time.monotonic() - started
+            if error is None and not timed_out:
+                emit("succeeded", task, run, attempt=attempt, duration=duration)
+                return
+            if attempt == attempts:
+                break
+            emit("retrying", task, run, attempt=attempt, duration=duration, error=error)
+            await anyio.sleep(policy.delay(attempt))
+            attempt += 1
     except asyncio.CancelledError:
+        emit("abandoned", task, run, attempt=attempt, duration=time.monotonic() - started)
+        raise
+    kind: EventKind = "timed_out" if timed_out else "failed"
+    event = emit(kind, task, run, attempt=attempt, duration=duration, error=error)
+    if run.settings.on_task_error is not None:
+        if event is None:
+            event = TaskEvent(
+                kind, task, run.method, run.path, run.request_id, attempt, duration, error
+            )
+        await report_failure(event, run)
+
+
+async def _attempt(
+    task: NamedTask, policy: TaskPolicy, settings: Settings
+) -> tuple[BaseException | None, bool]:
+    """One call of the task: the error it raised, and whether it ran out of time."""
+    limiter = settings.task_limiter
+    try:
+        async with limiter if limiter is not None else contextlib.nullcontext():
+            if policy.timeout is None:
+                await task.invoke(settings.thread_limiter)
+                return None, False
+            with anyio.move_on_after(policy.timeout) as deadline:
+                await task.invoke(settings.thread_limiter)
+            return None, deadline.cancelled_caught
+    except asyncio.CancelledError as error:
         if _cancelled_from_outside():
             raise  # a shutdown or an enclosing timeout: not this task's failure
-        _log_failure(task)
-    except Exception:
-        _log_failure(task)
-    else:
-        if debug:
-            method, path, _ = _request()
-            logger.debug(
-                "task %s finished in %.1f ms (%s %s)",
-                *(task.name, (time.monotonic() - started) * 1000, method, path),
-                extra=_extra(task, method, path),
-            )
+        return error, False
+    except Exception as error:
+        return error, False
 
 
 def _cancelled_from_outside() -> bool:
@@ -97,36 +246,3 @@ def _cancelled_from_outside() -> bool:
     current = asyncio.current_task()
     cancelling = getattr(current, "cancelling", None)
     return cancelling is None or cancelling() > 0  # before Python 3.11 there is no telling
-
-
-def _log_failure(task: NamedTask) -> None:
-    method, path, _ = _request()
-    logger.exception(
-        "task %s failed after the response to %s %s",
-        *(task.name, method, path),
-        extra=_extra(task, method, path),
-    )
-
-
-def _request() -> tuple[str, str, float]:
-    current = _current.get()
-    if current is None:  # awaited outside an esm_tasks route, e.g. by a plain Lilya response
-        return "-", "-", 0.0
-    scope, sent_at = current
-    return scope.get("method", "-"), scope.get("path", "-"), sent_at
-
-
-def _extra(task: NamedTask, method: str, path: str) -> dict[str, Any]:
-    return {"task_name": task.name, "http_method": method, "http_path": path}
-
-
-def _log_start(task: NamedTask) -> float:
-    started = time.monotonic()
-    method, path, sent_at = _request()
-    delay = (started - sent_at) * 1000 if sent_at else 0.0
-    logger.debug(
-        "task %s started %.1f ms after the response to %s %s",
-        *(task.name, delay, method, path),
-        extra=_extra(task, method, path),
-    )
-    return started

@@ -44,18 +44,16 @@ def _not_in(own: Task, earlier: tuple[Task, ...]) -> tuple[Task, ...]:
     return (own,)
 
 
-def label_sources(steps: tuple[Task, ...], declared: tuple[Task, ...]) -> list[tuple[str, Task]]:
-    """Each step with the source it came from: "handler", "request" or "response".
-
-    Only an observer (esm_tasks.testing) asks, so the hot path never pays for it.
+def label_sources(
+    steps: tuple[Task, ...],
+    layers: tuple[tuple[str, Task], ...],
+    route: tuple[Task, ...],
+) -> list[tuple[str, Task]]:
+    """Each step with the source it came from: "app", "include", "handler", "request" or
+    "response". Only an observer (esm_tasks.testing) asks, so the hot path never pays for it.
     """
-    labelled = []
-    for index, step in enumerate(steps):
-        if index < len(declared) and step is declared[index]:
-            source = "handler"
-        elif type(step) is RequestTasks:
-            source = "request"
-        else:
-            source = "response"
-        labelled.append((source, step))
+    labelled = list(layers)
+    labelled += [("handler", step) for step in route]
+    for step in steps[len(labelled) :]:
+        labelled.append(("request" if type(step) is RequestTasks else "response", step))
     return labelled

@@ -12,7 +12,7 @@ from lilya.datastructures import Header
 from lilya.types import Receive, Scope, Send
 from pydantic_core import PydanticSerializationError, to_json
 
-from ._execution import in_request, observer
+from ._execution import Run, in_request, observer, settings_of
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class Response(lilya_responses.Response):
         # Sent by a plain Lilya route, which has no merge: this response runs its own tasks.
         watcher = observer.get()
         if watcher is not None:
-            watcher.scheduled(scope, [("response", tasks)])
+            watcher.scheduled(Run(scope, settings_of(scope), None), [("response", tasks)])
             if watcher.capture:
                 held = _shallow_copy(self)
                 held._tasks = _SENT_BY_MERGE

@@ -15,7 +15,9 @@ from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
-from ._execution import observer, run_steps
+from ._app import LAYERS
+from ._execution import Run, observer, run_detached, run_steps, settings_of
+from ._lifecycle import deferred
 from ._merge import label_sources, merge
 from ._params import Binding, plan, read_body
 from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
@@ -92,11 +94,7 @@ class _Endpoint:
         finally:
             # The handler returned: its tasks are owed, even if sending failed.
             if steps:
-                watcher = observer.get()
-                if watcher is not None:
-                    watcher.scheduled(scope, label_sources(steps, self.route.background))
-                if watcher is None or not watcher.capture:
-                    await run_steps(steps, scope)
+                await self.hand_over(scope, steps, failed=(response.status_code or 200) >= 500)
 
     async def handle(
         self, scope: Scope, receive: Receive, stack: contextlib.AsyncExitStack | None
@@ -104,24 +102,69 @@ class _Endpoint:
         """Bind, call the handler, build its response, and merge this request's tasks."""
         route = self.route
         plan = route.plan
-        if not plan.params:
-            result = await route.call_handler()
-            response, own = respond(result, route.response_class, route.status_code, None)
-            return response, merge(route.background, None, own)
-        tasks = RequestTasks() if plan.needs_tasks else None
-        draft = ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
-        binding = Binding(scope, receive, tasks, draft, stack)
-        if plan.reads_body:
-            body = await read_body(scope, receive)
-            if body is None:
-                return None, ()
-            binding.body = body
-        kwargs = await plan.bind(binding)
-        if binding.errors:
-            return JSONResponse({"detail": binding.errors}, status_code=422), ()
-        result = await route.call_handler(**kwargs)
+        declared = self.declared(scope)
+        tasks = draft = None
+        kwargs: dict[str, Any] = {}
+        if plan.params:
+            tasks = RequestTasks() if plan.needs_tasks else None
+            draft = ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
+            binding = Binding(scope, receive, tasks, draft, stack)
+            if plan.reads_body:
+                body = await read_body(scope, receive)
+                if body is None:
+                    return None, ()
+                binding.body = body
+            kwargs = await plan.bind(binding)
+            if binding.errors:
+                return JSONResponse({"detail": binding.errors}, status_code=422), ()
+        try:
+            result = await route.call_handler(**kwargs)
+        except Exception:
+            # Only the tasks declared for errors will run; see TaskPolicy.when.
+            steps = merge(declared, tasks, None)
+            if steps:
+                await self.after_failure(scope, steps)
+            raise
         response, own = respond(result, route.response_class, route.status_code, draft)
-        return response, merge(route.background, tasks, own)
+        return response, merge(declared, tasks, own)
+
+    def declared(self, scope: Scope) -> tuple[Task, ...]:
+        """The app's, the enclosing includes' and the route's own tasks, outermost first."""
+        layers = self.layers(scope)
+        if not layers:
+            return self.route.background
+        return tuple(step for _, step in layers) + self.route.background
+
+    def layers(self, scope: Scope) -> tuple[tuple[str, Task], ...]:
+        result: tuple[tuple[str, Task], ...] = settings_of(scope).background + scope.get(LAYERS, ())
+        return result
+
+    async def hand_over(self, scope: Scope, steps: tuple[Task, ...], failed: bool) -> None:
+        """Give the merged steps to whoever runs them: this call, the app, or a test."""
+        settings = settings_of(scope)
+        run = Run(scope, settings, failed)
+        watcher = observer.get()
+        if watcher is not None:
+            watcher.scheduled(run, label_sources(steps, self.layers(scope), self.route.background))
+            if watcher.capture:
+                return
+        if settings.group is not None:
+            settings.group.start_soon(run_detached, steps, run)
+        else:
+            await run_steps(steps, run)
+
+    async def after_failure(self, scope: Scope, steps: tuple[Task, ...]) -> None:
+        """A failed handler's steps run after the error response, where an App can say when.
+
+        Without an esm_tasks App nothing runs after the error response in this request, so
+        they run now, before the error propagates.
+        """
+        job = functools.partial(self.hand_over, scope, steps, True)
+        waiting = deferred.get()
+        if waiting is None:
+            await job()
+        else:
+            deferred.set((*waiting, job))
 
 
 def _async_caller(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,7 +14,8 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
-from ._execution import run_isolated
+from ._execution import abandon, run_isolated
+from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -39,7 +40,10 @@ def task_name(func: Callable[..., Any]) -> str:
 def _shape_key(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
     # Only plain functions qualify: a __dict__ may hold __wrapped__ or
     # __signature__, which change what inspect.signature reports.
-    if type(func) is not types.FunctionType or func.__dict__:
+    if type(func) is not types.FunctionType:
+        return None
+    attributes = func.__dict__
+    if attributes and ("__wrapped__" in attributes or "__signature__" in attributes):
         return None
     if not args and not kwargs and func.__defaults__ is None and func.__kwdefaults__ is None:
         return func.__code__  # the common bare call: no tuple to build
@@ -98,7 +102,7 @@ class BackgroundTask(Task):
     and stops nothing else.
     """
 
-    __slots__ = ("_is_async", "name")
+    __slots__ = ("_is_async", "name", "policy")
 
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
         check_call(func, args, kwargs)
@@ -119,19 +123,46 @@ class BackgroundTask(Task):
         # Lilya types these with its constructor's ParamSpec, which can't be assigned.
         self.args = cast("Any", args)
         self.kwargs = cast("Any", kwargs)
-        if type(func) is types.FunctionType and not func.__dict__:  # answered without inspect
+        attributes = getattr(func, "__dict__", None)
+        # A plain function is answered without inspect, unless a marker such as
+        # inspect.markcoroutinefunction's sits in its __dict__.
+        if type(func) is types.FunctionType and not (
+            attributes and "_is_coroutine_marker" in attributes
+        ):
             self.name = func.__qualname__
             self._is_async = bool(func.__code__.co_flags & inspect.CO_COROUTINE)
         else:
             self.name = task_name(func)
             self._is_async = is_async_callable(func)
+        self.policy = (
+            attributes.get(POLICY_ATTRIBUTE, DEFAULT_POLICY) if attributes else DEFAULT_POLICY
+        )
 
-    async def invoke(self) -> None:
-        """Call the function; unlike awaiting the task, this lets errors through."""
+    def with_policy(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 0.0,
+        when: When = "success",
+    ) -> BackgroundTask:
+        """This call under another policy (see `task_policy`), as a new task."""
+        task = BackgroundTask.__new__(BackgroundTask)
+        task._set(self.func, self.args, self.kwargs)
+        task.policy = make_policy(f"{self.name}.with_policy", timeout, retries, backoff, when)
+        return task
+
+    async def invoke(self, threads: anyio.CapacityLimiter | None = None) -> None:
+        """Call the function once; unlike awaiting the task, this lets errors through.
+
+        A sync function runs in a worker thread taken from `threads` (anyio's default pool
+        when None); if the call is cancelled, its thread is left to finish on its own.
+        """
         if self._is_async:
             await self.func(*self.args, **self.kwargs)
         else:
-            await anyio.to_thread.run_sync(functools.partial(self.func, *self.args, **self.kwargs))
+            call = functools.partial(self.func, *self.args, **self.kwargs)
+            await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
     async def __call__(self) -> None:
         await run_isolated(self)
@@ -180,8 +211,12 @@ class BackgroundTasks(Tasks):
 
     async def __call__(self) -> None:
         if not self.as_group:
-            for task in self.tasks:
-                await task()
+            for index, task in enumerate(self.tasks):
+                try:
+                    await task()
+                except BaseException:
+                    abandon(self.tasks[index + 1 :])  # cancelled: say what will never start
+                    raise
             return
         async with anyio.create_task_group() as group:
             for task in self.tasks:

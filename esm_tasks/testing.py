@@ -21,7 +21,7 @@ import httpx
 from lilya.background import Task
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._execution import NamedTask, current_scope, observer, run_steps
+from ._execution import NamedTask, Run, current_scope, observer, run_steps
 from ._tasks import BackgroundTask, BackgroundTasks
 
 __all__ = ["ScheduledTask", "TestClient"]
@@ -42,7 +42,8 @@ class ScheduledTask:
     kwargs: dict[str, Any]
     name: str
     source: str
-    """"handler" (declared on the route), "request" (added while handling) or "response"."""
+    """Where it was declared: "app", "include", "handler" (the route), "request" (added
+    while handling) or "response"."""
     step: int
     """The step of the request's run it belongs to, from 1; a collection's members share one."""
     order: int
@@ -90,11 +91,12 @@ _ABSENT = object()
 class _Observer:
     capture: bool
     records: list[ScheduledTask] = field(default_factory=list)
-    pending: list[tuple[Scope, list[Task]]] = field(default_factory=list)
+    pending: list[tuple[Run, list[Task]]] = field(default_factory=list)
     # (kind, request number or None, detail): kind is "request", "response" or "task".
     events: list[tuple[str, int | None, str]] = field(default_factory=list)
 
-    def scheduled(self, scope: Scope, steps: Sequence[tuple[str, Task]]) -> None:
+    def scheduled(self, run: Run, steps: Sequence[tuple[str, Task]]) -> None:
+        scope = run.scope
         number = scope.get(_REQUEST)
         request = f"{scope.get('method', '-')} {scope.get('path', '-')}"
         order = sum(1 for record in self.records if record.request_number == number)
@@ -117,7 +119,7 @@ class _Observer:
                     )
                 )
         if self.capture:
-            self.pending.append((scope, [task for _, task in steps]))
+            self.pending.append((run, [task for _, task in steps]))
 
     def started(self, task: NamedTask) -> None:
         scope = current_scope()
@@ -213,8 +215,8 @@ class TestClient(httpx.AsyncClient):
         pending, self._watcher.pending = self._watcher.pending, []
         token = observer.set(_Observer(capture=False, events=self._watcher.events))
         try:
-            for scope, steps in pending:
-                await run_steps(steps, scope)
+            for run, steps in pending:
+                await run_steps(steps, run)
         finally:
             observer.reset(token)
 

@@ -11,11 +11,14 @@ def test_all_is_the_public_api() -> None:
         "Depends",
         "FileResponse",
         "HTMLResponse",
+        "Include",
         "JSONResponse",
         "PlainText",
         "RedirectResponse",
         "Response",
         "StreamingResponse",
+        "TaskEvent",
+        "TaskPolicy",
         "TaskRoute",
         "__version__",
         "delete",
@@ -24,6 +27,7 @@ def test_all_is_the_public_api() -> None:
         "post",
         "put",
         "route",
+        "task_policy",
     ]
     for name in esm_tasks.__all__:
         assert getattr(esm_tasks, name) is not None

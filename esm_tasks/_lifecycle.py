@@ -1,0 +1,90 @@
+"""An app's tasks over its life: which runs are in flight, and draining them at shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+import anyio
+from lilya.types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._execution import Run, Settings
+
+logger = logging.getLogger("esm_tasks")
+
+
+class Tracker:
+    """The runs of an app's requests whose tasks have not finished yet."""
+
+    def __init__(self) -> None:
+        self.runs: set[Run] = set()
+        self._idle: anyio.Event | None = None
+
+    def add(self, run: Run) -> None:
+        self.runs.add(run)
+
+    def discard(self, run: Run) -> None:
+        self.runs.discard(run)
+        if not self.runs and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.runs:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+async def serve_lifespan(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    settings: Settings,
+    shutdown_timeout: float,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Run the app's lifespan with a task group for detached runs, drained at shutdown.
+
+    The drain happens when the server announces shutdown and before the app's own
+    shutdown handlers, which may close what the tasks still use.
+    """
+    tracker = settings.tracker
+    async with anyio.create_task_group() as group:
+        if settings.detach:
+            settings.group = group
+
+        async def receive_then_drain() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                settings.group = None  # from now on, runs stay in their requests
+                if tracker is not None:
+                    await _drain(tracker, shutdown_timeout)
+            return message
+
+        try:
+            await app(scope, receive_then_drain, send)
+        finally:
+            settings.group = None
+
+
+async def _drain(tracker: Tracker, timeout: float) -> None:
+    if tracker.runs:
+        logger.info("waiting up to %s s for the tasks of %d request(s)", timeout, len(tracker.runs))
+    with anyio.move_on_after(timeout):
+        await tracker.wait_idle()
+    # Each task still running logs itself as abandoned when cancelled, and the tasks
+    # its run had not started yet are logged by the run. Runs inside a request's ASGI
+    # call belong to the server, which cancels them itself.
+    for run in list(tracker.runs):
+        if run.cancel_scope is not None:
+            run.cancel_scope.cancel()
+    await tracker.wait_idle()
+
+
+# Set by an esm_tasks App around each request: where a failed request's tasks wait until
+# the error response has been sent. Without an App there is no such later point.
+deferred: ContextVar[tuple[Callable[[], Awaitable[None]], ...] | None] = ContextVar(
+    "esm_tasks_deferred", default=None
+)
