@@ -81,24 +81,24 @@ class App(Lilya):
         super().__init__(*args, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "http":
+            # A request whose handler fails leaves its error tasks here, to run once the
+            # error response, which the layers around the route send, is out.
+            token = deferred.set(())
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                waiting = deferred.get()
+                deferred.reset(token)
+                for run_later in waiting or ():
+                    await run_later()
+        elif kind == "lifespan":
             await serve_lifespan(
                 super().__call__, self.task_settings, self.shutdown_timeout, scope, receive, send
             )
-            return
-        if scope["type"] != "http":
+        else:
             await super().__call__(scope, receive, send)
-            return
-        # A request whose handler fails leaves its error tasks here, to run once the
-        # error response, which the layers around the route send, is out.
-        token = deferred.set(())
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            waiting = deferred.get()
-            deferred.reset(token)
-            for run_later in waiting or ():
-                await run_later()
 
 
 class Include(LilyaInclude):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -18,7 +19,7 @@ import anyio
 from lilya.background import Task
 from lilya.types import Scope
 
-from ._events import EventKind, TaskEvent, emit, report_failure
+from ._events import EventKind, TaskEvent, emit, logger, report_failure
 from ._policy import DEFAULT_POLICY, TaskPolicy
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Settings:
         "group",
         "on_task_error",
         "on_task_event",
+        "simple",
         "task_limiter",
         "thread_limiter",
         "tracker",
@@ -76,6 +78,8 @@ class Settings:
         self.tracker = tracker
         self.detach = detach
         self.group: TaskGroup | None = None  # the detached mode's, while the app runs
+        # Nothing to do around a task with the default policy but call it.
+        self.simple = task_limiter is None and on_task_event is None
 
 
 DEFAULT_SETTINGS = Settings()
@@ -84,7 +88,7 @@ DEFAULT_SETTINGS = Settings()
 class Run:
     """One request's tasks while they run: what their logs, events and hooks say."""
 
-    __slots__ = ("_request_id", "cancel_scope", "failed", "scope", "sent_at", "settings")
+    __slots__ = ("_request_id", "cancel_scope", "failed", "scope", "sent_at", "settings", "simple")
 
     def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
         self.scope = scope
@@ -93,6 +97,8 @@ class Run:
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
         self.cancel_scope: anyio.CancelScope | None = None  # set when the run is detached
+        # Whether a task with the default policy may skip the clock and the events.
+        self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
 
     @property
     def method(self) -> str:
@@ -187,6 +193,25 @@ async def run_isolated(task: NamedTask) -> None:
     if watcher is not None:
         watcher.started(task)
     policy: TaskPolicy = getattr(task, "policy", DEFAULT_POLICY)
+    settings = run.settings
+    if policy is DEFAULT_POLICY and run.simple:
+        # The usual task: one attempt, and nobody listening for its start or end.
+        try:
+            await task.invoke(settings.thread_limiter)
+            return
+        except asyncio.CancelledError as error:
+            if _cancelled_from_outside():
+                emit("abandoned", task, run)
+                raise
+            failure: BaseException = error
+        except Exception as error:
+            failure = error
+        await _report(task, run, "failed", 1, None, failure)
+        return
+    await _run_with_policy(task, policy, run)
+
+
+async def _run_with_policy(task: NamedTask, policy: TaskPolicy, run: Run) -> None:
     if run.failed is not None and not policy.applies(run.failed):
         emit("skipped", task, run)
         return
@@ -195,8 +220,7 @@ async def run_isolated(task: NamedTask) -> None:
     started = time.monotonic()
     try:
         while True:
-            emit("started", task, run, attempt=attempt, duration=time.monotonic() - run.sent_at)
-            started = time.monotonic()
+            emit("started", task, run, attempt=attempt, duration=started - run.sent_at)
             error, timed_out = await _attempt(task, policy, run.settings)
             duration = time.monotonic() - started
             if error is None and not timed_out:
@@ -207,10 +231,21 @@ async def run_isolated(task: NamedTask) -> None:
             emit("retrying", task, run, attempt=attempt, duration=duration, error=error)
             await anyio.sleep(policy.delay(attempt))
             attempt += 1
+            started = time.monotonic()
     except asyncio.CancelledError:
         emit("abandoned", task, run, attempt=attempt, duration=time.monotonic() - started)
         raise
-    kind: EventKind = "timed_out" if timed_out else "failed"
+    await _report(task, run, "timed_out" if timed_out else "failed", attempt, duration, error)
+
+
+async def _report(
+    task: NamedTask,
+    run: Run,
+    kind: EventKind,
+    attempt: int,
+    duration: float | None,
+    error: BaseException | None,
+) -> None:
     event = emit(kind, task, run, attempt=attempt, duration=duration, error=error)
     if run.settings.on_task_error is not None:
         if event is None:

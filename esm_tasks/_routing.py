@@ -16,7 +16,7 @@ from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
 from ._app import LAYERS
-from ._execution import Run, observer, run_detached, run_steps, settings_of
+from ._execution import Run, Settings, observer, run_detached, run_steps, settings_of
 from ._lifecycle import deferred
 from ._merge import label_sources, merge
 from ._params import Binding, plan, read_body
@@ -81,12 +81,13 @@ class _Endpoint:
         self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = settings_of(scope)
         if self.route.plan.has_exits:
             # Generator dependencies clean up before the response is sent.
             async with contextlib.AsyncExitStack() as stack:
-                response, steps = await self.handle(scope, receive, stack)
+                response, steps = await self.handle(scope, receive, settings, stack)
         else:
-            response, steps = await self.handle(scope, receive, None)
+            response, steps = await self.handle(scope, receive, settings, None)
         if response is None:
             return  # the client left before its request was read: nobody to answer
         try:
@@ -94,15 +95,21 @@ class _Endpoint:
         finally:
             # The handler returned: its tasks are owed, even if sending failed.
             if steps:
-                await self.hand_over(scope, steps, failed=(response.status_code or 200) >= 500)
+                failed = (response.status_code or 200) >= 500
+                await self.hand_over(scope, settings, steps, failed)
 
     async def handle(
-        self, scope: Scope, receive: Receive, stack: contextlib.AsyncExitStack | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        settings: Settings,
+        stack: contextlib.AsyncExitStack | None,
     ) -> tuple[LilyaResponse | None, tuple[Task, ...]]:
         """Bind, call the handler, build its response, and merge this request's tasks."""
         route = self.route
         plan = route.plan
-        declared = self.declared(scope)
+        layers = settings.background + scope.get(LAYERS, ())
+        declared = tuple(s for _, s in layers) + route.background if layers else route.background
         tasks = draft = None
         kwargs: dict[str, Any] = {}
         if plan.params:
@@ -123,29 +130,20 @@ class _Endpoint:
             # Only the tasks declared for errors will run; see TaskPolicy.when.
             steps = merge(declared, tasks, None)
             if steps:
-                await self.after_failure(scope, steps)
+                await self.after_failure(scope, settings, steps)
             raise
         response, own = respond(result, route.response_class, route.status_code, draft)
         return response, merge(declared, tasks, own)
 
-    def declared(self, scope: Scope) -> tuple[Task, ...]:
-        """The app's, the enclosing includes' and the route's own tasks, outermost first."""
-        layers = self.layers(scope)
-        if not layers:
-            return self.route.background
-        return tuple(step for _, step in layers) + self.route.background
-
-    def layers(self, scope: Scope) -> tuple[tuple[str, Task], ...]:
-        result: tuple[tuple[str, Task], ...] = settings_of(scope).background + scope.get(LAYERS, ())
-        return result
-
-    async def hand_over(self, scope: Scope, steps: tuple[Task, ...], failed: bool) -> None:
+    async def hand_over(
+        self, scope: Scope, settings: Settings, steps: tuple[Task, ...], failed: bool
+    ) -> None:
         """Give the merged steps to whoever runs them: this call, the app, or a test."""
-        settings = settings_of(scope)
         run = Run(scope, settings, failed)
         watcher = observer.get()
         if watcher is not None:
-            watcher.scheduled(run, label_sources(steps, self.layers(scope), self.route.background))
+            layers = settings.background + scope.get(LAYERS, ())
+            watcher.scheduled(run, label_sources(steps, layers, self.route.background))
             if watcher.capture:
                 return
         if settings.group is not None:
@@ -153,13 +151,15 @@ class _Endpoint:
         else:
             await run_steps(steps, run)
 
-    async def after_failure(self, scope: Scope, steps: tuple[Task, ...]) -> None:
+    async def after_failure(
+        self, scope: Scope, settings: Settings, steps: tuple[Task, ...]
+    ) -> None:
         """A failed handler's steps run after the error response, where an App can say when.
 
         Without an esm_tasks App nothing runs after the error response in this request, so
         they run now, before the error propagates.
         """
-        job = functools.partial(self.hand_over, scope, steps, True)
+        job = functools.partial(self.hand_over, scope, settings, steps, True)
         waiting = deferred.get()
         if waiting is None:
             await job()

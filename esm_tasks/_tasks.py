@@ -261,8 +261,11 @@ def to_steps(spec: BackgroundSpec, where: str) -> list[Task]:
 
 
 def _flatten(spec: BackgroundSpec, where: str, steps: list[Task]) -> None:
-    if type(spec) is BackgroundTask or isinstance(spec, (BackgroundTask, BackgroundTasks)):
-        steps.append(spec)
+    kind = type(spec)
+    if kind is types.FunctionType:  # the usual sugar: a function that needs no arguments
+        steps.append(_one_step(spec, where))
+    elif kind is BackgroundTask or isinstance(spec, (BackgroundTask, BackgroundTasks)):
+        steps.append(spec)  # type: ignore[arg-type]
     elif isinstance(spec, (list, tuple)):
         for item in spec:
             _flatten(item, where, steps)
@@ -271,10 +274,10 @@ def _flatten(spec: BackgroundSpec, where: str, steps: list[Task]) -> None:
 
 
 def _one_step(spec: object, where: str) -> Task:
-    if isinstance(spec, Tasks):
-        return BackgroundTasks._adopt(spec)
     if isinstance(spec, Task):
-        return BackgroundTask._adopt(spec)
+        return (
+            BackgroundTasks._adopt(spec) if isinstance(spec, Tasks) else BackgroundTask._adopt(spec)
+        )
     if callable(spec):
         try:
             return BackgroundTask(spec)
