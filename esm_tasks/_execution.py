@@ -158,10 +158,17 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
             tracker.discard(run)
 
 
-async def run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """A run handed to the app's task group, which shutdown can cancel on its own."""
-    with anyio.CancelScope() as scope:
-        run.cancel_scope = scope
+def detach(group: TaskGroup, steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    """Hand a run to the app's task group; it is in flight, and cancellable, from now on."""
+    run.cancel_scope = anyio.CancelScope()
+    if run.settings.tracker is not None:
+        run.settings.tracker.add(run)
+    group.start_soon(_run_detached, steps, run)
+
+
+async def _run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    assert run.cancel_scope is not None  # set by detach()
+    with run.cancel_scope:
         await run_steps(steps, run)
 
 

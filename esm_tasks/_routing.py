@@ -16,7 +16,7 @@ from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
 from ._app import LAYERS
-from ._execution import Run, Settings, observer, run_detached, run_steps, settings_of
+from ._execution import Run, Settings, detach, observer, run_steps, settings_of
 from ._lifecycle import deferred
 from ._merge import label_sources, merge
 from ._params import Binding, plan, read_body
@@ -147,7 +147,7 @@ class _Endpoint:
             if watcher.capture:
                 return
         if settings.group is not None:
-            settings.group.start_soon(run_detached, steps, run)
+            detach(settings.group, steps, run)
         else:
             await run_steps(steps, run)
 

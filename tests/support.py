@@ -128,3 +128,20 @@ def serve(app: ASGIApp) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
+    """Run `app`'s lifespan as a server would: startup on entry, shutdown on exit."""
+    import anyio
+
+    to_app, app_inbox = anyio.create_memory_object_stream[Message](10)
+    app_outbox, from_app = anyio.create_memory_object_stream[Message](10)
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    async with to_app, from_app, app_inbox, app_outbox, anyio.create_task_group() as group:
+        group.start_soon(app, scope, app_inbox.receive, app_outbox.send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        yield
+        await to_app.send({"type": "lifespan.shutdown"})
+        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, Response, post
+from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, Include, Response, post
 from esm_tasks.testing import TestClient
 
 from .support import Events
@@ -86,12 +86,16 @@ def _expected(spec: object) -> list[str]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=st.data())
-def test_random_nestings_from_every_source_run_in_order_exactly_once(data: st.DataObject) -> None:
+@given(data=st.data(), depth=st.integers(min_value=0, max_value=2))
+def test_random_nestings_from_every_source_run_in_order_exactly_once(
+    data: st.DataObject, depth: int
+) -> None:
     import anyio
 
     events = Events()
     counter = [0]
+    app_wide = data.draw(_spec(events, counter))
+    includes = [data.draw(_spec(events, counter)) for _ in range(depth)]
     declared = data.draw(_spec(events, counter))
     added = data.draw(_spec(events, counter))
     own = data.draw(_spec(events, counter))
@@ -101,12 +105,19 @@ def test_random_nestings_from_every_source_run_in_order_exactly_once(data: st.Da
         res.background = added  # type: ignore[assignment]
         return Response("ok", background=own)  # type: ignore[arg-type]
 
+    routes: list[object] = [handler]
+    for level, spec in reversed(list(enumerate(includes))):
+        routes = [Include(f"/i{level}", routes=routes, background=spec)]  # type: ignore[arg-type]
+    url = "".join(f"/i{level}" for level in range(depth)) + "/p"
+
     async def run() -> None:
-        async with TestClient(App(routes=[handler])) as http:
-            assert (await http.post("/p")).status_code == 200
+        app = App(routes=routes, background=app_wide)  # type: ignore[arg-type]
+        async with TestClient(app) as http:
+            assert (await http.post(url)).status_code == 200
 
     anyio.run(run)
-    assert events == _expected(declared) + _expected(added) + _expected(own)
+    expected = _expected(app_wide) + [label for spec in includes for label in _expected(spec)]
+    assert events == expected + _expected(declared) + _expected(added) + _expected(own)
     assert len(set(events)) == len(events)  # labels are unique: every task exactly once
 
 

@@ -1,0 +1,252 @@
+"""App settings: app and include tasks, the error hook, task events, and concurrency limits."""
+
+import logging
+import threading
+
+import anyio
+import anyio.to_thread
+import pytest
+from lilya.apps import Lilya
+
+from esm_tasks import (
+    App,
+    BackgroundTask,
+    BackgroundTasks,
+    Include,
+    Response,
+    TaskEvent,
+    get,
+    post,
+    task_policy,
+)
+from esm_tasks.testing import TestClient
+
+from .support import Events, errors
+
+pytestmark = pytest.mark.anyio
+
+
+def _layered(events: Events) -> App:
+    @post("/orders", background=events.task("4 handler"))
+    async def order(tasks: BackgroundTasks) -> Response:
+        tasks.add_task(events.task("5 request"))
+        return Response("ok", background=events.task("6 response"))
+
+    inner = Include("/v1", routes=[order], background=events.task("3 inner include"))
+    outer = Include("/api", routes=[inner], background=[events.task("2 outer include")])
+    return App(routes=[outer], background=events.task("1 app"))
+
+
+async def test_app_and_include_tasks_run_outermost_first() -> None:
+    events = Events()
+    async with TestClient(_layered(events), capture=True) as client:
+        await client.post("/api/v1/orders")
+        await client.run_scheduled()
+    assert events == [
+        "1 app",
+        "2 outer include",
+        "3 inner include",
+        "4 handler",
+        "5 request",
+        "6 response",
+    ]
+    assert [(t.source, t.step) for t in client.scheduled] == [
+        ("app", 1),
+        ("include", 2),
+        ("include", 3),
+        ("handler", 4),
+        ("request", 5),
+        ("response", 6),
+    ]
+
+
+async def test_include_tasks_work_in_a_plain_lilya_app_and_only_under_the_include() -> None:
+    events = Events()
+
+    @get("/inside")
+    async def inside() -> None: ...
+
+    @get("/outside")
+    async def outside() -> None: ...
+
+    app = Lilya(
+        routes=[Include("/in", routes=[inside], background=events.task("include")), outside]
+    )
+    async with TestClient(app) as client:
+        await client.get("/in/inside")
+        await client.get("/outside")
+    assert events == ["include"]
+
+
+def test_bad_app_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"App\(max_concurrent_tasks=...\) takes a whole number"):
+        App(max_concurrent_tasks=0)
+    with pytest.raises(ValueError, match=r"App\(shutdown_timeout=...\) takes seconds"):
+        App(shutdown_timeout=-1)
+    with pytest.raises(TypeError, match=r"App\(on_task_error=...\) takes a callable"):
+        App(on_task_error="log it")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"App\(background=...\) takes .* got 1 \(int\)"):
+        App(background=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Include\('/x', background=...\) takes"):
+        Include("/x", routes=[], background=1)  # type: ignore[arg-type]
+
+
+async def send_invoice(order: int, copy: bool = False) -> None:
+    raise ConnectionError("mail server down")
+
+
+async def test_the_error_hook_gets_every_failure_with_its_task_and_request(
+    task_log: list[logging.LogRecord],
+) -> None:
+    reported: list[TaskEvent] = []
+
+    async def on_error(event: TaskEvent) -> None:  # async hooks are awaited
+        reported.append(event)
+
+    events = Events()
+
+    @post(
+        "/orders/{order:int}",
+        background=[BackgroundTask(send_invoice, 7, copy=True), events.task("next")],
+    )
+    async def order(order: int) -> None: ...
+
+    app = App(routes=[order], on_task_error=on_error)
+    async with TestClient(app) as client:
+        await client.post("/orders/7", headers={"x-request-id": "req-42"})
+    [event] = reported
+    assert (event.kind, event.name, event.method, event.path, event.request_id) == (
+        "failed",
+        "send_invoice",
+        "POST",
+        "/orders/7",
+        "req-42",
+    )
+    assert (event.task.func, event.task.args, event.task.kwargs) == (
+        send_invoice,
+        (7,),
+        {"copy": True},
+    )  # type: ignore[attr-defined]
+    assert isinstance(event.error, ConnectionError)
+    assert events == ["next"]
+    assert len(errors(task_log)) == 1  # the log record is still written
+
+
+async def test_a_raising_error_hook_is_logged_and_breaks_nothing(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+
+    def broken_hook(event: TaskEvent) -> None:
+        raise RuntimeError("the hook itself is broken")
+
+    @post("/x", background=[BackgroundTask(send_invoice, 1), events.task("next")])
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler], on_task_error=broken_hook)) as client:
+        assert (await client.post("/x")).status_code == 201
+    assert events == ["next"]
+    messages = [r.getMessage() for r in errors(task_log)]
+    assert any("on_task_error hook raised while reporting task send_invoice" in m for m in messages)
+
+
+async def test_task_events_trace_each_task_with_request_id_and_duration() -> None:
+    seen: list[TaskEvent] = []
+
+    @task_policy(retries=1)
+    async def flaky(state: list[int] = []) -> None:  # noqa: B006 (counts calls)
+        state.append(1)
+        if len(state) == 1:
+            raise ValueError("first attempt fails")
+
+    async def fine() -> None: ...
+
+    @post("/e", background=[fine, flaky])
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler], on_task_event=seen.append)) as client:
+        await client.post("/e")
+    assert [(e.kind, e.name, e.attempt) for e in seen] == [
+        (
+            "started",
+            "test_task_events_trace_each_task_with_request_id_and_duration.<locals>.fine",
+            1,
+        ),
+        (
+            "succeeded",
+            "test_task_events_trace_each_task_with_request_id_and_duration.<locals>.fine",
+            1,
+        ),
+        (
+            "started",
+            "test_task_events_trace_each_task_with_request_id_and_duration.<locals>.flaky",
+            1,
+        ),
+        (
+            "retrying",
+            "test_task_events_trace_each_task_with_request_id_and_duration.<locals>.flaky",
+            1,
+        ),
+        (
+            "started",
+            "test_task_events_trace_each_task_with_request_id_and_duration.<locals>.flaky",
+            2,
+        ),
+        (
+            "succeeded",
+            "test_task_events_trace_each_task_with_request_id_and_duration.<locals>.flaky",
+            2,
+        ),
+    ]
+    assert len({e.request_id for e in seen}) == 1
+    assert all(e.duration is not None and e.duration >= 0 for e in seen)
+    assert {(e.method, e.path) for e in seen} == {("POST", "/e")}
+
+
+async def test_a_cap_on_concurrent_tasks_holds_inside_groups() -> None:
+    running = peak = 0
+
+    async def measured() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        running -= 1
+
+    group = BackgroundTasks([measured] * 6, as_group=True)
+
+    @post("/g", background=group)
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler], max_concurrent_tasks=2)) as client:
+        await client.post("/g")
+    assert peak == 2
+    peak = 0
+    async with TestClient(App(routes=[handler])) as client:
+        await client.post("/g")
+    assert peak == 6  # without the cap all start at once
+
+
+@pytest.mark.parametrize(("task_threads", "default_pool_in_use"), [(1, 0), (None, 1)])
+async def test_sync_tasks_use_the_apps_own_thread_pool(
+    task_threads: int | None, default_pool_in_use: int
+) -> None:
+    in_thread, release = threading.Event(), threading.Event()
+    seen: list[float] = []
+
+    def blocking() -> None:
+        in_thread.set()
+        release.wait(30)
+
+    @post("/s", background=blocking)
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], task_threads=task_threads)
+    async with TestClient(app) as client, anyio.create_task_group() as group:
+        group.start_soon(client.post, "/s")
+        await anyio.to_thread.run_sync(in_thread.wait, 30)
+        # While the task holds a thread: whose pool is it from?
+        seen.append(anyio.to_thread.current_default_thread_limiter().borrowed_tokens)
+        release.set()
+    assert seen == [default_pool_in_use]

@@ -1,0 +1,108 @@
+"""The task lifecycle: detached mode, tracking runs in flight, and draining at shutdown."""
+
+import logging
+
+import anyio
+import pytest
+
+from esm_tasks import App, BackgroundTasks, get, post
+from esm_tasks.testing import TestClient
+
+from .support import Events, errors, lifespan
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_detached_tasks_run_after_the_request_call_has_returned() -> None:
+    release, done = anyio.Event(), anyio.Event()
+
+    async def slow() -> None:
+        await release.wait()
+        done.set()
+
+    @post("/d", background=slow)
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], detach_tasks=True)
+    async with lifespan(app), TestClient(app) as client:
+        with anyio.fail_after(10):
+            await client.post("/d")  # returns although the task is still waiting
+        assert not done.is_set()
+        assert len(app.task_settings.tracker.runs) == 1  # type: ignore[union-attr]
+        release.set()
+        with anyio.fail_after(10):
+            await done.wait()
+    client.assert_response_before_tasks()
+
+
+async def test_without_a_running_lifespan_detached_tasks_run_in_the_request() -> None:
+    events = Events()
+
+    @post("/d", background=events.task("task"))
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler], detach_tasks=True)) as client:
+        await client.post("/d")
+        assert events == ["task"]  # no task group to hand them to: they ran in the call
+
+
+async def test_shutdown_drains_finished_tasks_and_abandons_the_rest_before_app_hooks(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    started = anyio.Event()
+
+    async def quick() -> None:
+        await anyio.sleep(0)
+        events.append("quick done")
+
+    async def hangs() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    @get("/quick", background=quick)
+    async def quick_route() -> None: ...
+
+    @get("/hang", background=BackgroundTasks([hangs, events.task("never starts")]))
+    async def hang_route() -> None: ...
+
+    app = App(
+        routes=[quick_route, hang_route],
+        detach_tasks=True,
+        shutdown_timeout=0.05,
+        on_shutdown=[lambda: events.append("app shutdown hook")],
+    )
+    async with lifespan(app), TestClient(app) as client:
+        await client.get("/quick")
+        await client.get("/hang")
+        await started.wait()
+    assert events == ["quick done", "app shutdown hook"]
+    abandoned = [(r.task_name.rsplit(".", 1)[-1], r.http_path) for r in errors(task_log)]  # type: ignore[attr-defined]
+    assert abandoned == [("hangs", "/hang"), ("never starts", "/hang")]
+    assert all("abandoned at shutdown" in r.getMessage() for r in errors(task_log))
+    assert not app.task_settings.tracker.runs  # type: ignore[union-attr]
+
+
+async def test_a_run_cancelled_by_the_server_logs_every_unfinished_task(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    started = anyio.Event()
+
+    async def hangs() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    @post("/c", background=[hangs, BackgroundTasks([events.task("a"), events.task("b")])])
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as client, anyio.create_task_group() as group:
+        group.start_soon(client.post, "/c")
+        await started.wait()
+        group.cancel_scope.cancel()  # what a server does at its graceful-shutdown deadline
+    assert events == []
+    assert [r.task_name for r in errors(task_log)] == [  # type: ignore[attr-defined]
+        "test_a_run_cancelled_by_the_server_logs_every_unfinished_task.<locals>.hangs",
+        "a",
+        "b",
+    ]

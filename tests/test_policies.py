@@ -1,0 +1,180 @@
+"""Per-task policies: timeouts, retries with backoff, and which outcome a task runs on."""
+
+import logging
+import threading
+
+import anyio
+import pytest
+from lilya.exceptions import HTTPException
+
+from esm_tasks import (
+    App,
+    BackgroundTask,
+    BackgroundTasks,
+    JSONResponse,
+    TaskPolicy,
+    post,
+    task_policy,
+)
+from esm_tasks.testing import TestClient
+
+from .support import Events, drive, errors
+
+pytestmark = pytest.mark.anyio
+
+
+def kinds(records: list[logging.LogRecord]) -> list[tuple[str, str]]:
+    return [
+        (r.task_event, r.task_name.rsplit(".", 1)[-1]) for r in records if hasattr(r, "task_event")
+    ]  # type: ignore[attr-defined]
+
+
+async def test_a_hanging_task_is_cancelled_at_its_timeout_and_reported(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+
+    @task_policy(timeout=0.05)
+    async def hangs() -> None:
+        await anyio.sleep_forever()
+
+    @post("/t", background=[hangs, events.task("next")])
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as client:
+        await client.post("/t")
+    assert events == ["next"]
+    [record] = errors(task_log)
+    assert record.task_event == "timed_out"  # type: ignore[attr-defined]
+    assert "timed out after" in record.getMessage()
+    assert "(POST /t)" in record.getMessage()
+
+
+async def test_a_sync_task_past_its_timeout_is_left_to_its_thread(
+    task_log: list[logging.LogRecord],
+) -> None:
+    release = threading.Event()
+    finished = threading.Event()
+
+    def blocks() -> None:
+        release.wait(30)
+        finished.set()
+
+    @post("/t", background=BackgroundTask(blocks).with_policy(timeout=0.05))
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as client:
+        await client.post("/t")  # returns: the timeout let go of the thread
+    assert [r.task_event for r in errors(task_log)] == ["timed_out"]  # type: ignore[attr-defined]
+    release.set()
+    assert await anyio.to_thread.run_sync(finished.wait, 30)
+
+
+@pytest.mark.parametrize(
+    ("retries", "failures", "calls", "outcome"),
+    [(2, 99, 3, "failed"), (3, 2, 3, "succeeded"), (0, 99, 1, "failed")],
+)
+async def test_retries_make_exactly_the_configured_attempts(
+    retries: int, failures: int, calls: int, outcome: str, task_log: list[logging.LogRecord]
+) -> None:
+    attempts: list[int] = []
+
+    @task_policy(retries=retries)
+    async def flaky() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) <= failures:
+            raise ConnectionError(f"attempt {len(attempts)}")
+
+    @post("/r", background=flaky)
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as client:
+        await client.post("/r")
+    assert attempts == list(range(1, calls + 1))
+    retried = [r for r in task_log if getattr(r, "task_event", None) == "retrying"]
+    assert [r.attempt for r in retried] == list(range(1, min(calls, retries + 1)))  # type: ignore[attr-defined]
+    assert all(r.levelno == logging.WARNING and r.exc_info for r in retried)
+    final = [r for r in task_log if getattr(r, "task_event", None) in ("failed", "succeeded")]
+    assert [(r.task_event, r.attempt) for r in final] == [(outcome, calls)]  # type: ignore[attr-defined]
+
+
+def test_backoff_doubles_from_its_base() -> None:
+    policy = TaskPolicy(retries=3, backoff=0.5)
+    assert [policy.delay(attempt) for attempt in (1, 2, 3)] == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 0}, "timeout: Input should be greater than 0"),
+        ({"retries": -1}, "retries: Input should be greater than or equal to 0"),
+        ({"when": "sometimes"}, "when: Input should be 'success', 'error' or 'always'"),
+    ],
+)
+def test_a_bad_policy_fails_where_it_is_declared(options: dict[str, object], message: str) -> None:
+    async def send() -> None: ...
+
+    with pytest.raises(ValueError, match=f"task_policy on .*send: {message}"):
+        task_policy(**options)(send)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"send.with_policy: {message}"):
+        BackgroundTask(send).with_policy(**options)  # type: ignore[arg-type]
+
+
+def _when_app(events: Events, outcome: str) -> App:
+    success = events.task("success")
+    error = BackgroundTask(events.task("error")).with_policy(when="error")
+    always = BackgroundTask(events.task("always")).with_policy(when="always")
+
+    @task_policy(when="always")
+    async def added_always() -> None:
+        events.append("added always")
+
+    @post("/w", background=[success, error, always])
+    async def handler(tasks: BackgroundTasks) -> JSONResponse:
+        tasks.add_task(added_always)
+        events.append("handler")
+        if outcome == "raises":
+            raise RuntimeError("handler failed")
+        if outcome == "http error":
+            raise HTTPException(status_code=409)
+        return JSONResponse({}, status_code=503 if outcome == "503" else 200)
+
+    return App(routes=[handler])
+
+
+@pytest.mark.parametrize(
+    ("outcome", "ran"),
+    [
+        ("ok", ["success", "always", "added always"]),
+        ("503", ["error", "always", "added always"]),
+        ("http error", ["error", "always", "added always"]),
+        ("raises", ["error", "always", "added always"]),
+    ],
+)
+async def test_when_picks_the_tasks_for_the_outcome_and_they_run_after_the_response(
+    outcome: str, ran: list[str]
+) -> None:
+    events = Events()
+    app = _when_app(events, outcome)
+    if outcome == "raises":
+        with pytest.raises(RuntimeError):
+            await drive(app, "POST", "/w", events)
+    else:
+        await drive(app, "POST", "/w", events)
+    assert events[0] == "handler"
+    body_sent = events.index("body sent")
+    assert events[body_sent + 1 :] == ran
+
+
+async def test_without_an_app_error_tasks_run_before_the_error_propagates() -> None:
+    from lilya.apps import Lilya
+
+    events = Events()
+
+    @post("/w", background=BackgroundTask(events.task("error task")).with_policy(when="error"))
+    async def handler() -> None:
+        raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError):
+        await drive(Lilya(routes=[handler]), "POST", "/w", events)
+    assert events[0] == "error task"  # a plain Lilya app has no later point
