@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH  := $(VENV)/.bench-installed
 
-.PHONY: test lint run check bench package clean
+.PHONY: test lint run check bench soak package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ $(BENCH): $(STAMP)
 
 bench: $(BENCH)
 	$(BIN)/python -m bench
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

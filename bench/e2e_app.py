@@ -20,3 +20,6 @@ async def slow() -> dict[str, bool]:
 
 
 app = App(routes=[fast, slow])
+
+# The same routes, with each request's tasks handed to the app's task group once sent.
+detached = App(routes=[fast, slow], detach_tasks=True)
