@@ -13,7 +13,19 @@ pytestmark = pytest.mark.anyio
 
 def example(name: str) -> ModuleType:
     module = importlib.import_module(f"docs_src.{name}")
-    for attribute in ("outbox", "journal", "thumbnails", "events", "greetings", "ran", "sent"):
+    for attribute in (
+        "outbox",
+        "journal",
+        "thumbnails",
+        "events",
+        "greetings",
+        "ran",
+        "sent",
+        "calls",
+        "trail",
+        "failures",
+        "finished",
+    ):
         if isinstance(getattr(module, attribute, None), list):
             getattr(module, attribute).clear()
     return module
@@ -177,6 +189,50 @@ async def test_from_fastapi() -> None:
     async with TestClient(module.app) as http:
         assert (await http.post("/send-notification/ada@example.com")).json() == {"message": "sent"}
     assert module.ran == ["notification for ada@example.com", "response task"]
+
+
+async def test_policies() -> None:
+    module = example("policies")
+    module.calls.clear()
+    async with TestClient(module.app) as http:
+        assert (await http.post("/orders/7")).json() == {"order": 7}
+    assert module.calls == ["lock 42 released", "crm ada", "crm ada", "crm ada"]
+    module.calls.clear()
+    async with TestClient(module.app) as http:
+        with pytest.raises(ValueError, match="no such order"):
+            await http.post("/orders/0")
+    # The handler failed: the tasks declared for errors, or always, ran; sync_crm did not.
+    assert module.calls == ["lock 42 released", "paged: an order failed"]
+
+
+async def test_app_wide() -> None:
+    module = example("app_wide")
+    module.trail.clear()
+    module.failures.clear()
+    async with TestClient(module.app) as http:
+        response = await http.get("/admin/reports/sales", headers={"x-request-id": "r-1"})
+    assert response.json() == {"report": "sales"}
+    assert [line for line in module.trail if not line.startswith("event")] == [
+        "app: counted",
+        "include: audited",
+    ]
+    assert "event: failed rebuild_report" in module.trail
+    [failure] = module.failures
+    assert (failure.name, failure.task.args, failure.request_id) == (
+        "rebuild_report",
+        ("sales",),
+        "r-1",
+    )  # type: ignore[attr-defined]
+
+
+async def test_detached() -> None:
+    from .support import lifespan
+
+    module = example("detached")
+    module.finished.clear()
+    async with lifespan(module.app), TestClient(module.app) as http:
+        assert (await http.post("/videos/cat.mp4")).json() == {"uploaded": "cat.mp4"}
+    assert module.finished == ["cat.mp4"]  # drained at shutdown at the latest
 
 
 async def test_every_example_module_is_tested() -> None:
