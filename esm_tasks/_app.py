@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -11,21 +12,22 @@ from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
 from ._events import TaskEvent
-from ._execution import Settings
-from ._lifecycle import Tracker, deferred, serve_lifespan
+from ._execution import DEFERRED, LAYERS, SETTINGS, Settings
+from ._lifecycle import Tracker, serve_lifespan
 from ._tasks import BackgroundSpec, to_steps
-
-LAYERS = "esm_tasks.layers"  # scope key: the tasks of the includes a request went through
 
 
 class App(Lilya):
     """A `lilya.apps.Lilya` app with settings for every task of its routes.
 
+    An App mounted inside another adds its `background` as one more layer; the outer
+    App's hooks, limits and lifecycle apply.
+
     :param background: tasks to run after every response of every route, before any other.
     :param on_task_error: called (sync or async) with a `TaskEvent` for every task that
         failed or timed out, after its last attempt; if it raises, that is logged.
-    :param on_task_event: called with a `TaskEvent` for everything that happens to a task:
-        started, succeeded, retrying, failed, timed_out, abandoned, skipped.
+    :param on_task_event: called (sync only) with a `TaskEvent` for everything that happens
+        to a task: started, succeeded, retrying, failed, timed_out, abandoned, skipped.
     :param max_concurrent_tasks: at most this many tasks of this app run at once.
     :param task_threads: sync tasks get a thread pool of this size of their own, so that
         task load cannot starve sync endpoints of the shared default pool.
@@ -65,6 +67,11 @@ class App(Lilya):
         for name, hook in (("on_task_error", on_task_error), ("on_task_event", on_task_event)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"App({name}=...) takes a callable, got {hook!r}")
+        if inspect.iscoroutinefunction(on_task_event):
+            raise TypeError(
+                "App(on_task_event=...) is called as each event happens and cannot be awaited; "
+                "give a plain function (on_task_error may be async)"
+            )
         steps = to_steps(background, "App(background=...)")
         self.task_settings = Settings(
             background=tuple(("app", step) for step in steps),
@@ -83,15 +90,22 @@ class App(Lilya):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            settings = self.task_settings
+            if settings.background:
+                scope[LAYERS] = scope.get(LAYERS, ()) + settings.background
+            if SETTINGS in scope:
+                # Mounted in another App: its tasks are one more layer, the rest is the outer's.
+                await super().__call__(scope, receive, send)
+                return
+            scope[SETTINGS] = settings
             # A request whose handler fails leaves its error tasks here, to run once the
             # error response, which the layers around the route send, is out.
-            token = deferred.set(())
+            waiting: list[Callable[[], Awaitable[None]]] = []
+            scope[DEFERRED] = waiting
             try:
                 await super().__call__(scope, receive, send)
             finally:
-                waiting = deferred.get()
-                deferred.reset(token)
-                for run_later in waiting or ():
+                for run_later in waiting:
                     await run_later()
         elif kind == "lifespan":
             await serve_lifespan(

@@ -69,7 +69,7 @@ class TaskEvent:
             "retrying": f"failed in {ms} and will be retried ({request})",
             "failed": f"failed after the response to {request}",
             "timed_out": f"timed out after {ms} ({request})",
-            "abandoned": f"abandoned at shutdown, unfinished ({request})",
+            "abandoned": f"abandoned: cancelled before it finished ({request})",
         }[self.kind]
         attempt = f", attempt {self.attempt}" if self.attempt > 1 or self.kind == "retrying" else ""
         return f"{text} [request {self.request_id}{attempt}]"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -16,6 +18,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.from_thread
 from lilya.background import Task
 from lilya.types import Scope
 
@@ -31,7 +34,11 @@ if TYPE_CHECKING:
 class NamedTask(Protocol):
     name: str
 
-    def invoke(self, threads: anyio.CapacityLimiter | None = None) -> Awaitable[None]: ...
+    def invoke(
+        self,
+        threads: anyio.CapacityLimiter | None = None,
+        on_thread_end: Callable[[], None] | None = None,
+    ) -> Awaitable[None]: ...
 
 
 class Observer(Protocol):
@@ -79,7 +86,7 @@ class Settings:
         self.detach = detach
         self.group: TaskGroup | None = None  # the detached mode's, while the app runs
         # Nothing to do around a task with the default policy but call it.
-        self.simple = task_limiter is None and on_task_event is None
+        self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
 
 
 DEFAULT_SETTINGS = Settings()
@@ -121,9 +128,15 @@ class Run:
         return self._request_id
 
 
+# Scope keys an esm_tasks App sets for its requests; copies of a scope share their values.
+SETTINGS = "esm_tasks.settings"  # the outermost App's Settings
+LAYERS = "esm_tasks.layers"  # ("app" | "include", task) pairs, outermost first
+DEFERRED = "esm_tasks.deferred"  # jobs to run once the request's response is out
+
+
 def settings_of(scope: Scope) -> Settings:
-    settings = getattr(scope.get("app"), "task_settings", None)
-    return settings if isinstance(settings, Settings) else DEFAULT_SETTINGS
+    settings: Settings = scope.get(SETTINGS, DEFAULT_SETTINGS)
+    return settings
 
 
 _OUTSIDE = Run({"method": "-", "path": "-"}, DEFAULT_SETTINGS, failed=None)
@@ -173,9 +186,9 @@ async def _run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run
 
 
 @contextlib.contextmanager
-def in_request(scope: Scope) -> Iterator[None]:
+def in_request(scope: Scope, failed: bool | None = None) -> Iterator[None]:
     """Tasks run inside this block belong to `scope`'s request (for plain Lilya routes)."""
-    token = _current.set(Run(scope, settings_of(scope), failed=None))
+    token = _current.set(Run(scope, settings_of(scope), failed))
     try:
         yield
     finally:
@@ -196,26 +209,24 @@ def abandon(steps: Iterable[object]) -> None:
 async def run_isolated(task: NamedTask) -> None:
     """Run one task under its policy; no exception it raises goes further."""
     run = _current.get() or _OUTSIDE
-    watcher = observer.get()
-    if watcher is not None:
-        watcher.started(task)
     policy: TaskPolicy = getattr(task, "policy", DEFAULT_POLICY)
-    settings = run.settings
-    if policy is DEFAULT_POLICY and run.simple:
-        # The usual task: one attempt, and nobody listening for its start or end.
-        try:
-            await task.invoke(settings.thread_limiter)
-            return
-        except asyncio.CancelledError as error:
-            if _cancelled_from_outside():
-                emit("abandoned", task, run)
-                raise
-            failure: BaseException = error
-        except Exception as error:
-            failure = error
-        await _report(task, run, "failed", 1, None, failure)
+    if not (policy is DEFAULT_POLICY and run.simple):
+        await _run_with_policy(task, policy, run)
         return
-    await _run_with_policy(task, policy, run)
+    # The usual task: one attempt, no slot to wait for, and nobody listening.
+    _notify_started(task)
+    started = time.monotonic()
+    try:
+        await task.invoke()
+        return
+    except asyncio.CancelledError as error:
+        if _cancelled_from_outside():
+            emit("abandoned", task, run, duration=time.monotonic() - started)
+            raise
+        failure: BaseException = error
+    except Exception as error:
+        failure = error
+    await _report(task, run, "failed", 1, time.monotonic() - started, failure)
 
 
 async def _run_with_policy(task: NamedTask, policy: TaskPolicy, run: Run) -> None:
@@ -224,25 +235,83 @@ async def _run_with_policy(task: NamedTask, policy: TaskPolicy, run: Run) -> Non
         return
     attempts = policy.retries + 1
     attempt = 1
+    while True:
+        error, timed_out, duration = await _attempt(task, policy, run, attempt)
+        if error is None and not timed_out:
+            emit("succeeded", task, run, attempt=attempt, duration=duration)
+            return
+        if attempt == attempts:
+            break
+        emit("retrying", task, run, attempt=attempt, duration=duration, error=error)
+        try:
+            await anyio.sleep(policy.delay(attempt))
+        except asyncio.CancelledError:
+            emit("abandoned", task, run, attempt=attempt)
+            raise
+        attempt += 1
+    await _report(task, run, "timed_out" if timed_out else "failed", attempt, duration, error)
+
+
+async def _attempt(
+    task: NamedTask, policy: TaskPolicy, run: Run, attempt: int
+) -> tuple[BaseException | None, bool, float]:
+    """One call of the task: the error it raised, whether it ran out of time, and how long.
+
+    The app's slots are taken before the task counts as started, so waiting for one is
+    neither timed nor timed out. A sync task's thread cannot be stopped: when esm_tasks
+    stops waiting for it, the thread keeps its slots until it ends and gives them back.
+    """
+    settings = run.settings
+    in_thread = not getattr(task, "is_async", True)
+    slots = [settings.task_limiter, settings.thread_limiter if in_thread else None]
+    held = [limiter for limiter in slots if limiter is not None]
+    borrower = object()
+    for index, limiter in enumerate(held):
+        try:
+            await limiter.acquire_on_behalf_of(borrower)
+        except BaseException:
+            _give_back(held[:index], borrower)
+            raise
+    emit("started", task, run, attempt=attempt, duration=time.monotonic() - run.sent_at)
+    _notify_started(task)
+    thread_gives_back = in_thread and bool(held)
+    on_thread_end = functools.partial(_give_back_from_thread, held, borrower)
+    # With a pool of the app's own, the slot is held already: no limit on the thread itself.
+    threads = _UNBOUNDED if in_thread and settings.thread_limiter is not None else None
     started = time.monotonic()
     try:
-        while True:
-            emit("started", task, run, attempt=attempt, duration=started - run.sent_at)
-            error, timed_out = await _attempt(task, policy, run.settings)
-            duration = time.monotonic() - started
-            if error is None and not timed_out:
-                emit("succeeded", task, run, attempt=attempt, duration=duration)
-                return
-            if attempt == attempts:
-                break
-            emit("retrying", task, run, attempt=attempt, duration=duration, error=error)
-            await anyio.sleep(policy.delay(attempt))
-            attempt += 1
-            started = time.monotonic()
-    except asyncio.CancelledError:
-        emit("abandoned", task, run, attempt=attempt, duration=time.monotonic() - started)
-        raise
-    await _report(task, run, "timed_out" if timed_out else "failed", attempt, duration, error)
+        with anyio.move_on_after(policy.timeout or math.inf) as deadline:
+            await task.invoke(threads, on_thread_end if thread_gives_back else None)
+        return None, deadline.cancelled_caught, time.monotonic() - started
+    except asyncio.CancelledError as error:
+        if _cancelled_from_outside():
+            emit("abandoned", task, run, attempt=attempt, duration=time.monotonic() - started)
+            raise  # a shutdown or an enclosing timeout: not this task's failure
+        return error, False, time.monotonic() - started
+    except Exception as error:
+        return error, False, time.monotonic() - started
+    finally:
+        if not thread_gives_back:
+            _give_back(held, borrower)
+
+
+_UNBOUNDED = anyio.CapacityLimiter(math.inf)
+
+
+def _give_back(held: Sequence[anyio.CapacityLimiter], borrower: object) -> None:
+    for limiter in held:
+        limiter.release_on_behalf_of(borrower)
+
+
+def _give_back_from_thread(held: Sequence[anyio.CapacityLimiter], borrower: object) -> None:
+    with contextlib.suppress(RuntimeError):  # the event loop is gone: so are its limiters
+        anyio.from_thread.run_sync(_give_back, held, borrower)
+
+
+def _notify_started(task: NamedTask) -> None:
+    watcher = observer.get()
+    if watcher is not None:
+        watcher.started(task)
 
 
 async def _report(
@@ -260,27 +329,6 @@ async def _report(
                 kind, task, run.method, run.path, run.request_id, attempt, duration, error
             )
         await report_failure(event, run)
-
-
-async def _attempt(
-    task: NamedTask, policy: TaskPolicy, settings: Settings
-) -> tuple[BaseException | None, bool]:
-    """One call of the task: the error it raised, and whether it ran out of time."""
-    limiter = settings.task_limiter
-    try:
-        async with limiter if limiter is not None else contextlib.nullcontext():
-            if policy.timeout is None:
-                await task.invoke(settings.thread_limiter)
-                return None, False
-            with anyio.move_on_after(policy.timeout) as deadline:
-                await task.invoke(settings.thread_limiter)
-            return None, deadline.cancelled_caught
-    except asyncio.CancelledError as error:
-        if _cancelled_from_outside():
-            raise  # a shutdown or an enclosing timeout: not this task's failure
-        return error, False
-    except Exception as error:
-        return error, False
 
 
 def _cancelled_from_outside() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,11 +27,12 @@ class Tracker:
 
     def discard(self, run: Run) -> None:
         self.runs.discard(run)
-        if not self.runs and self._idle is not None:
-            self._idle.set()
+        if self._idle is not None:
+            self._idle.set()  # a waiter checks again whether what it waits for is done
 
-    async def wait_idle(self) -> None:
-        while self.runs:
+    async def wait_idle(self, detached_only: bool = False) -> None:
+        """Wait until no run (or no detached run) is in flight."""
+        while any(run.cancel_scope is not None or not detached_only for run in self.runs):
             self._idle = anyio.Event()
             await self._idle.wait()
 
@@ -80,11 +80,9 @@ async def _drain(tracker: Tracker, timeout: float) -> None:
     for run in list(tracker.runs):
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
-    await tracker.wait_idle()
-
-
-# Set by an esm_tasks App around each request: where a failed request's tasks wait until
-# the error response has been sent. Without an App there is no such later point.
-deferred: ContextVar[tuple[Callable[[], Awaitable[None]], ...] | None] = ContextVar(
-    "esm_tasks_deferred", default=None
-)
+    await tracker.wait_idle(detached_only=True)  # cancelled runs end at their next await
+    if tracker.runs:
+        logger.warning(
+            "%d request(s) still run their tasks inside their ASGI calls; the server ends them",
+            len(tracker.runs),
+        )

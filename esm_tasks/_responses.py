@@ -130,15 +130,16 @@ class Response(lilya_responses.Response):
             await super().__call__(scope, receive, send)
             return
         # Sent by a plain Lilya route, which has no merge: this response runs its own tasks.
+        failed = (self.status_code or 200) >= 500
         watcher = observer.get()
         if watcher is not None:
-            watcher.scheduled(Run(scope, settings_of(scope), None), [("response", tasks)])
+            watcher.scheduled(Run(scope, settings_of(scope), failed), [("response", tasks)])
             if watcher.capture:
                 held = _shallow_copy(self)
                 held._tasks = _SENT_BY_MERGE
                 await held(scope, receive, send)
                 return
-        with in_request(scope):  # so that a failing task is logged with its request
+        with in_request(scope, failed):  # tasks log their request, and `when` holds
             await super().__call__(scope, receive, send)
 
 

@@ -15,9 +15,7 @@ from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
-from ._app import LAYERS
-from ._execution import Run, Settings, detach, observer, run_steps, settings_of
-from ._lifecycle import deferred
+from ._execution import DEFERRED, LAYERS, Run, Settings, detach, observer, run_steps, settings_of
 from ._merge import label_sources, merge
 from ._params import Binding, plan, read_body
 from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
@@ -108,31 +106,34 @@ class _Endpoint:
         """Bind, call the handler, build its response, and merge this request's tasks."""
         route = self.route
         plan = route.plan
-        layers = settings.background + scope.get(LAYERS, ())
+        layers = scope.get(LAYERS, ())
         declared = tuple(s for _, s in layers) + route.background if layers else route.background
         tasks = draft = None
-        kwargs: dict[str, Any] = {}
-        if plan.params:
-            tasks = RequestTasks() if plan.needs_tasks else None
-            draft = ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
-            binding = Binding(scope, receive, tasks, draft, stack)
-            if plan.reads_body:
-                body = await read_body(scope, receive)
-                if body is None:
-                    return None, ()
-                binding.body = body
-            kwargs = await plan.bind(binding)
-            if binding.errors:
-                return JSONResponse({"detail": binding.errors}, status_code=422), ()
         try:
+            kwargs: dict[str, Any] = {}
+            if plan.params:
+                tasks = RequestTasks() if plan.needs_tasks else None
+                draft = (
+                    ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
+                )
+                binding = Binding(scope, receive, tasks, draft, stack)
+                if plan.reads_body:
+                    body = await read_body(scope, receive)
+                    if body is None:
+                        return None, ()
+                    binding.body = body
+                kwargs = await plan.bind(binding)
+                if binding.errors:
+                    return JSONResponse({"detail": binding.errors}, status_code=422), ()
             result = await route.call_handler(**kwargs)
+            response, own = respond(result, route.response_class, route.status_code, draft)
         except Exception:
-            # Only the tasks declared for errors will run; see TaskPolicy.when.
+            # A dependency, the handler or the response failed: only the tasks declared for
+            # errors will run (see TaskPolicy.when).
             steps = merge(declared, tasks, None)
             if steps:
                 await self.after_failure(scope, settings, steps)
             raise
-        response, own = respond(result, route.response_class, route.status_code, draft)
         return response, merge(declared, tasks, own)
 
     async def hand_over(
@@ -142,7 +143,7 @@ class _Endpoint:
         run = Run(scope, settings, failed)
         watcher = observer.get()
         if watcher is not None:
-            layers = settings.background + scope.get(LAYERS, ())
+            layers = scope.get(LAYERS, ())
             watcher.scheduled(run, label_sources(steps, layers, self.route.background))
             if watcher.capture:
                 return
@@ -160,11 +161,11 @@ class _Endpoint:
         they run now, before the error propagates.
         """
         job = functools.partial(self.hand_over, scope, settings, steps, True)
-        waiting = deferred.get()
+        waiting = scope.get(DEFERRED)
         if waiting is None:
             await job()
         else:
-            deferred.set((*waiting, job))
+            waiting.append(job)
 
 
 def _async_caller(fn: Callable[..., Any]) -> Callable[..., Any]:

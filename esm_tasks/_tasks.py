@@ -84,6 +84,13 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         _good_shapes.add(key)
 
 
+def _then(call: Callable[[], object], after: Callable[[], None]) -> None:
+    try:
+        call()
+    finally:
+        after()
+
+
 def _refuse_coroutine(coroutine: types.CoroutineType[Any, Any, Any], where: str) -> NoReturn:
     name = coroutine.__qualname__
     coroutine.close()  # it will never run; closing it silences "never awaited"
@@ -152,17 +159,29 @@ class BackgroundTask(Task):
         task.policy = make_policy(f"{self.name}.with_policy", timeout, retries, backoff, when)
         return task
 
-    async def invoke(self, threads: anyio.CapacityLimiter | None = None) -> None:
+    @property
+    def is_async(self) -> bool:
+        """Whether the function runs on the event loop (else in a worker thread)."""
+        return self._is_async
+
+    async def invoke(
+        self,
+        threads: anyio.CapacityLimiter | None = None,
+        on_thread_end: Callable[[], None] | None = None,
+    ) -> None:
         """Call the function once; unlike awaiting the task, this lets errors through.
 
         A sync function runs in a worker thread taken from `threads` (anyio's default pool
-        when None); if the call is cancelled, its thread is left to finish on its own.
+        when None); if the call is cancelled, its thread is left to finish on its own, and
+        `on_thread_end` is called in it when it does.
         """
         if self._is_async:
             await self.func(*self.args, **self.kwargs)
-        else:
-            call = functools.partial(self.func, *self.args, **self.kwargs)
-            await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
+            return
+        call: Callable[[], object] = functools.partial(self.func, *self.args, **self.kwargs)
+        if on_thread_end is not None:
+            call = functools.partial(_then, call, on_thread_end)
+        await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
     async def __call__(self) -> None:
         await run_isolated(self)
@@ -218,9 +237,20 @@ class BackgroundTasks(Tasks):
                     abandon(self.tasks[index + 1 :])  # cancelled: say what will never start
                     raise
             return
-        async with anyio.create_task_group() as group:
-            for task in self.tasks:
-                group.start_soon(task)
+        started: set[int] = set()
+
+        async def member(index: int, task: Task) -> None:
+            started.add(index)
+            await task()
+
+        try:
+            async with anyio.create_task_group() as group:
+                for index, task in enumerate(self.tasks):
+                    group.start_soon(member, index, task)
+        except BaseException:
+            # Cancelled: a member whose turn never came is reported like any other.
+            abandon([task for index, task in enumerate(self.tasks) if index not in started])
+            raise
 
     def __repr__(self) -> str:
         kind = "group" if self.as_group else "sequence"

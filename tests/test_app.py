@@ -250,3 +250,87 @@ async def test_sync_tasks_use_the_apps_own_thread_pool(
         seen.append(anyio.to_thread.current_default_thread_limiter().borrowed_tokens)
         release.set()
     assert seen == [default_pool_in_use]
+
+
+async def test_a_sync_task_past_its_timeout_keeps_its_slots_until_its_thread_ends() -> None:
+    lock = threading.Lock()
+    running, peak, first_started, release = [0], [0], threading.Event(), threading.Event()
+
+    @task_policy(timeout=0.05)
+    def blocking() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        first_started.set()
+        release.wait(30)
+        with lock:
+            running[0] -= 1
+
+    @post("/s", background=blocking)
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], task_threads=1, max_concurrent_tasks=1)
+    async with TestClient(app) as client, anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(client.post, "/s")
+        await anyio.to_thread.run_sync(first_started.wait, 30)
+        # The first attempt has timed out, but its thread still runs: nobody else may start.
+        await anyio.sleep(0.2)
+        assert (running[0], peak[0]) == (1, 1)
+        release.set()
+    assert peak[0] == 1
+
+
+async def test_waiting_for_a_slot_is_not_timed(task_log: list[logging.LogRecord]) -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def holds_the_thread() -> None:
+        release.wait(30)
+
+    @task_policy(timeout=0.05)
+    def quick() -> None:
+        ran.append("quick")
+
+    @post("/q", background=BackgroundTasks([holds_the_thread, quick], as_group=True))
+    async def handler() -> None: ...
+
+    async with (
+        TestClient(App(routes=[handler], task_threads=1)) as client,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(client.post, "/q")
+        await anyio.sleep(0.2)  # longer than quick's timeout, spent waiting for the thread
+        release.set()
+    assert ran == ["quick"]
+    assert errors(task_log) == []
+
+
+async def test_an_app_mounted_in_an_app_adds_a_layer_and_keeps_the_outer_settings() -> None:
+    from lilya.routing import Include as LilyaInclude
+
+    events = Events()
+    failures: list[TaskEvent] = []
+
+    @post("/x", background=[events.task("route"), BackgroundTask(send_invoice, 1)])
+    async def handler() -> None: ...
+
+    inner = App(routes=[handler], background=events.task("inner app"))
+    plain = Lilya(routes=[handler])
+    outer = App(
+        routes=[LilyaInclude("/in", app=inner), LilyaInclude("/plain", app=plain)],
+        background=events.task("outer app"),
+        on_task_error=failures.append,
+    )
+    async with TestClient(outer) as client:
+        await client.post("/in/x")
+        await client.post("/plain/x")
+    assert events == ["outer app", "inner app", "route", "outer app", "route"]
+    assert [f.path for f in failures] == ["/in/x", "/plain/x"]
+
+
+def test_an_async_event_subscriber_is_refused() -> None:
+    async def subscriber(event: TaskEvent) -> None: ...
+
+    with pytest.raises(TypeError, match=r"on_task_event=...\) is called as each event happens"):
+        App(on_task_event=subscriber)

@@ -79,7 +79,9 @@ async def test_shutdown_drains_finished_tasks_and_abandons_the_rest_before_app_h
     assert events == ["quick done", "app shutdown hook"]
     abandoned = [(r.task_name.rsplit(".", 1)[-1], r.http_path) for r in errors(task_log)]  # type: ignore[attr-defined]
     assert abandoned == [("hangs", "/hang"), ("never starts", "/hang")]
-    assert all("abandoned at shutdown" in r.getMessage() for r in errors(task_log))
+    assert all(
+        "abandoned: cancelled before it finished" in r.getMessage() for r in errors(task_log)
+    )
     assert not app.task_settings.tracker.runs  # type: ignore[union-attr]
 
 
@@ -105,4 +107,30 @@ async def test_a_run_cancelled_by_the_server_logs_every_unfinished_task(
         "test_a_run_cancelled_by_the_server_logs_every_unfinished_task.<locals>.hangs",
         "a",
         "b",
+    ]
+
+
+async def test_shutdown_does_not_wait_for_tasks_the_server_owns(
+    task_log: list[logging.LogRecord],
+) -> None:
+    started = anyio.Event()
+
+    async def endless() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    @post("/in-request", background=endless)
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], shutdown_timeout=0.05)  # tasks inside their requests
+    async with TestClient(app) as client, anyio.create_task_group() as requests:
+        requests.start_soon(client.post, "/in-request")
+        await started.wait()
+        with anyio.fail_after(10):
+            async with lifespan(app):
+                pass  # startup, then shutdown while the request still runs its task
+        requests.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert warnings == [
+        "1 request(s) still run their tasks inside their ASGI calls; the server ends them"
     ]

@@ -1,5 +1,6 @@
 """Per-task policies: timeouts, retries with backoff, and which outcome a task runs on."""
 
+import contextlib
 import logging
 import threading
 
@@ -178,3 +179,99 @@ async def test_without_an_app_error_tasks_run_before_the_error_propagates() -> N
     with pytest.raises(RuntimeError):
         await drive(Lilya(routes=[handler]), "POST", "/w", events)
     assert events[0] == "error task"  # a plain Lilya app has no later point
+
+
+class ChildTaskMiddleware:
+    """Runs the rest of the app in a child task, as some middlewares do."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.app, scope, receive, send)
+
+
+@pytest.mark.parametrize("failure", ["dependency", "response", "behind a child task"])
+async def test_error_tasks_run_whatever_part_of_the_request_failed(failure: str) -> None:
+    from lilya.middleware import DefineMiddleware
+
+    from esm_tasks import Depends
+
+    events = Events()
+
+    def dependency() -> None:
+        if failure == "dependency":
+            raise RuntimeError("dependency failed")
+
+    error_task = BackgroundTask(events.task("error task")).with_policy(when="error")
+
+    @post("/f", background=[events.task("success task"), error_task])
+    async def handler(_: None = Depends(dependency)) -> object:
+        if failure == "behind a child task":
+            raise HTTPException(status_code=503)
+        return {"cannot": object()}  # not serialisable: building the response fails
+
+    middleware = [DefineMiddleware(ChildTaskMiddleware)] if failure == "behind a child task" else []
+    app = App(routes=[handler], middleware=middleware)
+    with contextlib.suppress(Exception):  # an error answer or a raised error: either way
+        await drive(app, "POST", "/f", events)
+    assert events[-1] == "error task"
+    assert "success task" not in events
+    assert events.index("body sent") < events.index("error task")
+
+
+async def test_in_a_plain_lilya_route_when_follows_the_response_status() -> None:
+    from lilya.apps import Lilya
+    from lilya.routing import Path
+
+    from esm_tasks import Response
+
+    events = Events()
+
+    def respond(status: int) -> Response:
+        on_error = BackgroundTask(events.task(f"error task {status}")).with_policy(when="error")
+        return Response(
+            "x", status_code=status, background=[events.task(f"success task {status}"), on_error]
+        )
+
+    async def ok() -> Response:
+        return respond(200)
+
+    async def broken() -> Response:
+        return respond(500)
+
+    async with TestClient(Lilya(routes=[Path("/ok", ok), Path("/broken", broken)])) as client:
+        await client.get("/ok")
+        await client.get("/broken")
+    assert events == ["success task 200", "error task 500"]
+
+
+async def test_a_skipped_task_is_not_reported_as_started() -> None:
+    events = Events()
+
+    @post(
+        "/s",
+        background=[
+            events.task("ran"),
+            BackgroundTask(events.task("skipped")).with_policy(when="error"),
+        ],
+    )
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as client:
+        await client.post("/s")
+    assert [e for e in client.events if e.startswith("task")] == ["task ran"]
+
+
+async def test_every_failure_record_has_a_duration(task_log: list[logging.LogRecord]) -> None:
+    async def fails() -> None:
+        raise ValueError("x")
+
+    @post("/d", background=fails)
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as client:
+        await client.post("/d")
+    [record] = errors(task_log)
+    assert isinstance(record.duration, float)  # type: ignore[attr-defined]
