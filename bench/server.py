@@ -11,6 +11,18 @@ import time
 from collections.abc import Iterator
 
 
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """Read one HTTP/1.1 response with a Content-Length; return its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    await reader.readexactly(length)
+    return head
+
+
 async def _one_connection(
     port: int, path: str, requests: int, latencies: list[float], interval: float
 ) -> None:
@@ -23,13 +35,7 @@ async def _one_connection(
             await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
         started = time.perf_counter()
         writer.write(message)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-        await reader.readexactly(length)
+        await read_response(reader)
         latencies.append((time.perf_counter() - started) * 1000)
     writer.close()
     await writer.wait_closed()

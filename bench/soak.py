@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from .server import started_server
+from .server import read_response, started_server
 
 WARM_UP = 1_000
 
@@ -23,13 +23,7 @@ async def _client(port: int, ids: list[int], failures: list[str]) -> None:
             f"POST /work HTTP/1.1\r\nHost: soak\r\nX-Request-ID: {request_id}\r\n"
             "Content-Length: 0\r\n\r\n".encode()
         )
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-        await reader.readexactly(length)
+        head = await read_response(reader)
         if not head.startswith(b"HTTP/1.1 200"):
             failures.append(head.split(b"\r\n")[0].decode())
     writer.close()
