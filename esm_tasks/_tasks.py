@@ -6,7 +6,7 @@ import functools
 import inspect
 import types
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeAlias
 
 import anyio
 import anyio.to_thread
@@ -128,8 +128,8 @@ class BackgroundTask(Task):
     def _set(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.func = func
         # Lilya types these with its constructor's ParamSpec, which can't be assigned.
-        self.args = cast("Any", args)
-        self.kwargs = cast("Any", kwargs)
+        self.args = args  # type: ignore[assignment]
+        self.kwargs = kwargs  # type: ignore[assignment]
         attributes = getattr(func, "__dict__", None)
         # A plain function is answered without inspect, unless a marker such as
         # inspect.markcoroutinefunction's sits in its __dict__.
@@ -293,7 +293,10 @@ def to_steps(spec: BackgroundSpec, where: str) -> list[Task]:
 def _flatten(spec: BackgroundSpec, where: str, steps: list[Task]) -> None:
     kind = type(spec)
     if kind is types.FunctionType:  # the usual sugar: a function that needs no arguments
-        steps.append(_one_step(spec, where))
+        try:
+            steps.append(BackgroundTask(spec))  # type: ignore[arg-type]
+        except TypeError:
+            steps.append(_one_step(spec, where))  # raises, saying where
     elif kind is BackgroundTask or isinstance(spec, (BackgroundTask, BackgroundTasks)):
         steps.append(spec)  # type: ignore[arg-type]
     elif isinstance(spec, (list, tuple)):
