@@ -1,7 +1,7 @@
-"""Parameter binding: what each handler argument receives.
+"""Parameter planning: what each handler argument will receive, decided at declaration.
 
-`plan()` reads a signature once, when the route is declared, and turns each
-parameter into a getter; a request only runs the getters.
+`plan()` reads a signature once, when the route is declared, and picks for each
+parameter a getter from `_binding`; a request only runs the getters.
 """
 
 from __future__ import annotations
@@ -14,21 +14,31 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Union
-from urllib.parse import parse_qsl
 
-import anyio.to_thread
 from lilya.background import Tasks
 from lilya.compat import is_async_callable
 from lilya.requests import Request
 from lilya.responses import Response as LilyaResponse
-from lilya.types import Receive, Scope
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter
 
-from ._responses import ResponseDraft, ResponseTasks
+from ._binding import (
+    EMPTY,
+    MISSING,
+    Binding,
+    call_async,
+    call_sync,
+    enter_async,
+    enter_sync,
+    get_body,
+    get_draft,
+    get_path,
+    get_query,
+    get_request,
+    get_tasks,
+)
+from ._responses import ResponseDraft
 
 BODY_NAMES = frozenset({"data", "payload"})
-_MISSING: Any = object()
-_empty = inspect.Parameter.empty
 
 
 class Dependency:
@@ -53,81 +63,6 @@ def Depends(dependency: Callable[..., Any]) -> Any:
     if not callable(dependency):
         raise TypeError(f"Depends() takes a callable, got {dependency!r}")
     return Dependency(dependency)
-
-
-class Binding:
-    """One request's state while its parameters are bound; built only when needed."""
-
-    __slots__ = (
-        "_query",
-        "_request",
-        "body",
-        "cache",
-        "draft",
-        "errors",
-        "receive",
-        "scope",
-        "stack",
-        "tasks",
-    )
-
-    def __init__(
-        self,
-        scope: Scope,
-        receive: Receive,
-        tasks: ResponseTasks | None,
-        draft: ResponseDraft | None,
-        stack: contextlib.AsyncExitStack | None,
-    ) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.tasks = tasks
-        self.draft = draft
-        self.stack = stack
-        self.body = b""
-        self.cache: dict[Callable[..., Any], Any] = {}
-        self.errors: list[dict[str, Any]] = []
-        self._request: Request | None = None
-        self._query: dict[str, list[str]] | None = None
-
-    @property
-    def request(self) -> Request:
-        if self._request is None:
-            self._request = Request(self.scope, self.receive)
-        return self._request
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            self._query = {}
-            query_string = self.scope["query_string"].decode("latin-1")
-            for key, value in parse_qsl(query_string, keep_blank_values=True):
-                self._query.setdefault(key, []).append(value)
-        return self._query
-
-    def invalid(self, where: str, name: str, error: ValidationError | None = None) -> Any:
-        if error is None:
-            self.errors.append({"loc": [where, name], "msg": "Field required", "type": "missing"})
-        else:
-            for item in error.errors(include_url=False, include_context=False):
-                loc = [where, name, *item["loc"]] if name else [where, *item["loc"]]
-                self.errors.append({"loc": loc, "msg": item["msg"], "type": item["type"]})
-        return _MISSING
-
-
-async def read_body(scope: Scope, receive: Receive) -> bytes | None:
-    """The whole request body, kept where Lilya's Request finds it; None if the client left."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    scope["_body"] = body
-    return body
 
 
 Getter = Callable[[Binding], Any]
@@ -167,13 +102,13 @@ class DependencyPlan:
     call: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
 
     async def resolve(self, binding: Binding) -> Any:
-        cached = binding.cache.get(self.func, _MISSING)
-        if cached is not _MISSING:
+        cached = binding.cache.get(self.func, MISSING)
+        if cached is not MISSING:
             return cached
         errors_before = len(binding.errors)
         values = await self.plan.bind(binding)
         if len(binding.errors) > errors_before:
-            return _MISSING  # its inputs are invalid: the request gets a 422
+            return MISSING  # its inputs are invalid: the request gets a 422
         value = await self.call(binding, values)
         binding.cache[self.func] = value
         return value
@@ -234,26 +169,26 @@ def _getter(
     name = parameter.name
     if _is_class(annotation):
         if issubclass(annotation, Request):
-            return _get_request
+            return get_request
         if issubclass(annotation, Tasks):
             flags["tasks"] = True
-            return _get_tasks
+            return get_tasks
         if issubclass(annotation, LilyaResponse) and issubclass(ResponseDraft, annotation):
             flags["tasks"] = flags["draft"] = True
-            return _get_draft
+            return get_draft
     if name in path_params:
         exact = annotation if annotation in (int, float) else None
-        return functools.partial(_get_path, name, _adapter(annotation), exact)
+        return functools.partial(get_path, name, _adapter(annotation), exact)
     if name in BODY_NAMES or (_is_class(annotation) and issubclass(annotation, BaseModel)):
         flags["body"] = True
         return functools.partial(
-            _get_body,
+            get_body,
             name,
-            TypeAdapter(Any if annotation is _empty else annotation),
+            TypeAdapter(Any if annotation is EMPTY else annotation),
             parameter.default,
         )
     many = _is_sequence(annotation)
-    return functools.partial(_get_query, name, _adapter(annotation), parameter.default, many)
+    return functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
 
 
 def _plan_dependency(
@@ -264,13 +199,13 @@ def _plan_dependency(
 ) -> DependencyPlan:
     call: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
     if inspect.isasyncgenfunction(func):
-        call = functools.partial(_enter_async, contextlib.asynccontextmanager(func))
+        call = functools.partial(enter_async, contextlib.asynccontextmanager(func))
     elif inspect.isgeneratorfunction(func):
-        call = functools.partial(_enter_sync, contextlib.contextmanager(func))
+        call = functools.partial(enter_sync, contextlib.contextmanager(func))
     elif is_async_callable(func):
-        call = functools.partial(_call_async, func)
+        call = functools.partial(call_async, func)
     else:
-        call = functools.partial(_call_sync, func)
+        call = functools.partial(call_sync, func)
     return DependencyPlan(func, _plan(func, path_params, where, outer), call)
 
 
@@ -295,7 +230,7 @@ def _is_class(annotation: Any) -> bool:
 
 def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
     # Raw values are strings already; str and unannotated need no validation.
-    if annotation is _empty or annotation is str or annotation is Any:
+    if annotation is EMPTY or annotation is str or annotation is Any:
         return None
     return TypeAdapter(annotation)
 
@@ -305,92 +240,3 @@ def _is_sequence(annotation: Any) -> bool:
     if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
         return any(_is_sequence(arg) for arg in typing.get_args(annotation))
     return origin in (list, tuple, set, frozenset) or annotation in (list, tuple, set, frozenset)
-
-
-def _get_request(binding: Binding) -> Request:
-    return binding.request
-
-
-def _get_tasks(binding: Binding) -> ResponseTasks | None:
-    return binding.tasks
-
-
-def _get_draft(binding: Binding) -> ResponseDraft | None:
-    return binding.draft
-
-
-def _get_path(
-    name: str, adapter: TypeAdapter[Any] | None, exact: type | None, binding: Binding
-) -> Any:
-    raw = binding.scope["path_params"][name]
-    if adapter is None or type(raw) is exact:  # Lilya's convertor already gave the type
-        return raw
-    try:
-        return adapter.validate_python(raw)
-    except ValidationError as error:
-        return binding.invalid("path", name, error)
-
-
-def _get_query(
-    name: str, adapter: TypeAdapter[Any] | None, default: Any, many: bool, binding: Binding
-) -> Any:
-    # An enclosing Include may capture a path parameter the route's own path lacks.
-    path_params = binding.scope.get("path_params")
-    if path_params and name in path_params:
-        raw, where = path_params[name], "path"
-    else:
-        values = binding.query.get(name)
-        raw = values if many or values is None else values[-1]
-        where = "query"
-    if raw is None:
-        return binding.invalid(where, name) if default is _empty else default
-    if adapter is None:
-        return raw
-    try:
-        return adapter.validate_python(raw)
-    except ValidationError as error:
-        return binding.invalid(where, name, error)
-
-
-def _get_body(name: str, adapter: TypeAdapter[Any], default: Any, binding: Binding) -> Any:
-    if not binding.body:
-        return binding.invalid("body", name) if default is _empty else default
-    try:
-        return adapter.validate_json(binding.body)
-    except ValidationError as error:
-        return binding.invalid("body", "", error)
-
-
-async def _call_async(
-    func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str, Any]
-) -> Any:
-    return await func(**values)
-
-
-async def _call_sync(func: Callable[..., Any], _: Binding, values: dict[str, Any]) -> Any:
-    return await anyio.to_thread.run_sync(functools.partial(func, **values))
-
-
-async def _enter_async(
-    factory: Callable[..., contextlib.AbstractAsyncContextManager[Any]],
-    binding: Binding,
-    values: dict[str, Any],
-) -> Any:
-    assert binding.stack is not None  # planned: has_exits
-    return await binding.stack.enter_async_context(factory(**values))
-
-
-async def _enter_sync(
-    factory: Callable[..., contextlib.AbstractContextManager[Any]],
-    binding: Binding,
-    values: dict[str, Any],
-) -> Any:
-    assert binding.stack is not None  # planned: has_exits
-    manager = factory(**values)
-    value = await anyio.to_thread.run_sync(manager.__enter__)
-
-    async def exit_in_thread(*exc_info: Any) -> bool | None:
-        return await anyio.to_thread.run_sync(manager.__exit__, *exc_info)
-
-    binding.stack.push_async_exit(exit_in_thread)
-    return value

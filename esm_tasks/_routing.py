@@ -15,9 +15,10 @@ from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
+from ._binding import Binding, read_body
 from ._execution import DEFERRED, LAYERS, Run, Settings, detach, observer, run_steps, settings_of
 from ._merge import label_sources, merge
-from ._params import Binding, plan, read_body
+from ._params import plan
 from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
 from ._tasks import BackgroundSpec, to_steps
 

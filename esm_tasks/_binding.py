@@ -1,0 +1,187 @@
+"""Parameter binding at request time: the getters a route's plan calls, and their state.
+
+`_params.plan()` decides, once per route, which getter fills each parameter; these are them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+from lilya.requests import Request
+from lilya.types import Receive, Scope
+from pydantic import TypeAdapter, ValidationError
+
+from ._responses import ResponseDraft, ResponseTasks
+
+MISSING: Any = object()  # what a getter returns for a value it could not make
+EMPTY: Any = inspect.Parameter.empty
+
+
+class Binding:
+    """One request's state while its parameters are bound; built only when needed."""
+
+    __slots__ = (
+        "_query",
+        "_request",
+        "body",
+        "cache",
+        "draft",
+        "errors",
+        "receive",
+        "scope",
+        "stack",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        tasks: ResponseTasks | None,
+        draft: ResponseDraft | None,
+        stack: contextlib.AsyncExitStack | None,
+    ) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.tasks = tasks
+        self.draft = draft
+        self.stack = stack
+        self.body = b""
+        self.cache: dict[Callable[..., Any], Any] = {}
+        self.errors: list[dict[str, Any]] = []
+        self._request: Request | None = None
+        self._query: dict[str, list[str]] | None = None
+
+    @property
+    def request(self) -> Request:
+        if self._request is None:
+            self._request = Request(self.scope, self.receive)
+        return self._request
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = {}
+            query_string = self.scope["query_string"].decode("latin-1")
+            for key, value in parse_qsl(query_string, keep_blank_values=True):
+                self._query.setdefault(key, []).append(value)
+        return self._query
+
+    def invalid(self, where: str, name: str, error: ValidationError | None = None) -> Any:
+        if error is None:
+            self.errors.append({"loc": [where, name], "msg": "Field required", "type": "missing"})
+        else:
+            for item in error.errors(include_url=False, include_context=False):
+                loc = [where, name, *item["loc"]] if name else [where, *item["loc"]]
+                self.errors.append({"loc": loc, "msg": item["msg"], "type": item["type"]})
+        return MISSING
+
+
+async def read_body(scope: Scope, receive: Receive) -> bytes | None:
+    """The whole request body, kept where Lilya's Request finds it; None if the client left."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    scope["_body"] = body
+    return body
+
+
+def get_request(binding: Binding) -> Request:
+    return binding.request
+
+
+def get_tasks(binding: Binding) -> ResponseTasks | None:
+    return binding.tasks
+
+
+def get_draft(binding: Binding) -> ResponseDraft | None:
+    return binding.draft
+
+
+def get_path(
+    name: str, adapter: TypeAdapter[Any] | None, exact: type | None, binding: Binding
+) -> Any:
+    raw = binding.scope["path_params"][name]
+    if adapter is None or type(raw) is exact:  # Lilya's convertor already gave the type
+        return raw
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as error:
+        return binding.invalid("path", name, error)
+
+
+def get_query(
+    name: str, adapter: TypeAdapter[Any] | None, default: Any, many: bool, binding: Binding
+) -> Any:
+    # An enclosing Include may capture a path parameter the route's own path lacks.
+    path_params = binding.scope.get("path_params")
+    if path_params and name in path_params:
+        raw, where = path_params[name], "path"
+    else:
+        values = binding.query.get(name)
+        raw = values if many or values is None else values[-1]
+        where = "query"
+    if raw is None:
+        return binding.invalid(where, name) if default is EMPTY else default
+    if adapter is None:
+        return raw
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as error:
+        return binding.invalid(where, name, error)
+
+
+def get_body(name: str, adapter: TypeAdapter[Any], default: Any, binding: Binding) -> Any:
+    if not binding.body:
+        return binding.invalid("body", name) if default is EMPTY else default
+    try:
+        return adapter.validate_json(binding.body)
+    except ValidationError as error:
+        return binding.invalid("body", "", error)
+
+
+async def call_async(
+    func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str, Any]
+) -> Any:
+    return await func(**values)
+
+
+async def call_sync(func: Callable[..., Any], _: Binding, values: dict[str, Any]) -> Any:
+    return await anyio.to_thread.run_sync(functools.partial(func, **values))
+
+
+async def enter_async(
+    factory: Callable[..., contextlib.AbstractAsyncContextManager[Any]],
+    binding: Binding,
+    values: dict[str, Any],
+) -> Any:
+    assert binding.stack is not None  # planned: has_exits
+    return await binding.stack.enter_async_context(factory(**values))
+
+
+async def enter_sync(
+    factory: Callable[..., contextlib.AbstractContextManager[Any]],
+    binding: Binding,
+    values: dict[str, Any],
+) -> Any:
+    assert binding.stack is not None  # planned: has_exits
+    manager = factory(**values)
+    value = await anyio.to_thread.run_sync(manager.__enter__)
+
+    async def exit_in_thread(*exc_info: Any) -> bool | None:
+        return await anyio.to_thread.run_sync(manager.__exit__, *exc_info)
+
+    binding.stack.push_async_exit(exit_in_thread)
+    return value
