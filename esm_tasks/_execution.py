@@ -95,7 +95,7 @@ DEFAULT_SETTINGS = Settings()
 class Run:
     """One request's tasks while they run: what their logs, events and hooks say."""
 
-    __slots__ = ("_request_id", "cancel_scope", "failed", "scope", "sent_at", "settings", "simple")
+    __slots__ = ("_request_id", "detached", "failed", "scope", "sent_at", "settings", "simple")
 
     def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
         self.scope = scope
@@ -103,7 +103,7 @@ class Run:
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
-        self.cancel_scope: anyio.CancelScope | None = None  # set when the run is detached
+        self.detached = False  # handed to the app's task group rather than run in the request
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
 
@@ -172,17 +172,11 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
 
 
 def detach(group: TaskGroup, steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """Hand a run to the app's task group; it is in flight, and cancellable, from now on."""
-    run.cancel_scope = anyio.CancelScope()
+    """Hand a run to the app's task group; it is in flight from now on."""
+    run.detached = True
     if run.settings.tracker is not None:
         run.settings.tracker.add(run)
-    group.start_soon(_run_detached, steps, run)
-
-
-async def _run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    assert run.cancel_scope is not None  # set by detach()
-    with run.cancel_scope:
-        await run_steps(steps, run)
+    group.start_soon(run_steps, steps, run)
 
 
 @contextlib.contextmanager
