@@ -12,8 +12,8 @@ from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
 from ._events import TaskEvent
-from ._execution import DEFERRED, LAYERS, SETTINGS, Settings
 from ._lifecycle import Tracker, serve_lifespan
+from ._run import DEFERRED, LAYERS, SETTINGS, Settings
 from ._tasks import BackgroundSpec, to_steps
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from ._execution import NamedTask, Run
+    from ._execution import NamedTask
+    from ._run import Run
 
 logger = logging.getLogger("esm_tasks")
 

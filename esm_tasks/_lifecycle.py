@@ -12,7 +12,7 @@ from lilya.types import Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
-    from ._execution import Run, Settings
+    from ._run import Run, Settings
 
 logger = logging.getLogger("esm_tasks")
 

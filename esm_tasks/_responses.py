@@ -12,7 +12,8 @@ from lilya.datastructures import Header
 from lilya.types import Receive, Scope, Send
 from pydantic_core import PydanticSerializationError, to_json
 
-from ._execution import Run, in_request, observer, settings_of
+from ._execution import in_request, observer
+from ._run import Run, settings_of
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 if TYPE_CHECKING:

@@ -16,10 +16,11 @@ from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
 from ._binding import Binding, read_body
-from ._execution import DEFERRED, LAYERS, Run, Settings, detach, observer, run_steps, settings_of
+from ._execution import detach, observer, run_steps
 from ._merge import label_sources, merge
 from ._params import plan
 from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
+from ._run import DEFERRED, LAYERS, Run, Settings, settings_of
 from ._tasks import BackgroundSpec, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.

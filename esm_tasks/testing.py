@@ -21,7 +21,8 @@ import httpx
 from lilya.background import Task
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._execution import NamedTask, Run, current_scope, observer, run_steps
+from ._execution import NamedTask, current_scope, observer, run_steps
+from ._run import Run
 from ._tasks import BackgroundTask, BackgroundTasks
 
 __all__ = ["ScheduledTask", "TestClient"]

@@ -1,0 +1,108 @@
+"""What a request's tasks run with: the app's settings, and the request they belong to."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from lilya.background import Task
+from lilya.types import Scope
+
+from ._events import TaskEvent, logger
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._lifecycle import Tracker
+
+
+class Settings:
+    """An app's task settings. A plain Lilya app's tasks run under `DEFAULT_SETTINGS`."""
+
+    __slots__ = (
+        "background",
+        "detach",
+        "group",
+        "on_task_error",
+        "on_task_event",
+        "simple",
+        "task_limiter",
+        "thread_limiter",
+        "tracker",
+    )
+
+    def __init__(
+        self,
+        *,
+        background: tuple[tuple[str, Task], ...] = (),
+        on_task_error: Callable[[TaskEvent], Any] | None = None,
+        on_task_event: Callable[[TaskEvent], Any] | None = None,
+        task_limiter: anyio.CapacityLimiter | None = None,
+        thread_limiter: anyio.CapacityLimiter | None = None,
+        tracker: Tracker | None = None,
+        detach: bool = False,
+    ) -> None:
+        self.background = background
+        self.on_task_error = on_task_error
+        self.on_task_event = on_task_event
+        self.task_limiter = task_limiter
+        self.thread_limiter = thread_limiter
+        self.tracker = tracker
+        self.detach = detach
+        self.group: TaskGroup | None = None  # the detached mode's, while the app runs
+        # Nothing to do around a task with the default policy but call it.
+        self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
+
+
+DEFAULT_SETTINGS = Settings()
+
+
+class Run:
+    """One request's tasks while they run: what their logs, events and hooks say."""
+
+    __slots__ = ("_request_id", "detached", "failed", "scope", "sent_at", "settings", "simple")
+
+    def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
+        self.scope = scope
+        self.settings = settings
+        self.failed = failed  # None: the outcome is unknown, so every task applies
+        self.sent_at = time.monotonic()
+        self._request_id: str | None = None
+        self.detached = False  # handed to the app's task group rather than run in the request
+        # Whether a task with the default policy may skip the clock and the events.
+        self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
+
+    @property
+    def method(self) -> str:
+        return str(self.scope.get("method", "-"))
+
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", "-"))
+
+    @property
+    def request_id(self) -> str:
+        """The request's X-Request-ID header, or an id made for it on first use."""
+        if self._request_id is None:
+            for name, value in self.scope.get("headers", ()):
+                if name == b"x-request-id":
+                    self._request_id = value.decode("latin-1")
+                    break
+            else:
+                self._request_id = uuid.uuid4().hex[:16]
+        return self._request_id
+
+
+# Scope keys an esm_tasks App sets for its requests; copies of a scope share their values.
+SETTINGS = "esm_tasks.settings"  # the outermost App's Settings
+LAYERS = "esm_tasks.layers"  # ("app" | "include", task) pairs, outermost first
+DEFERRED = "esm_tasks.deferred"  # jobs to run once the request's response is out
+
+
+def settings_of(scope: Scope) -> Settings:
+    settings: Settings = scope.get(SETTINGS, DEFAULT_SETTINGS)
+    return settings
