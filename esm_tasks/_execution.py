@@ -68,16 +68,21 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
     if tracker is not None:
         tracker.add(run)
     try:
-        for index, step in enumerate(steps):
-            try:
-                await step()
-            except BaseException:
-                abandon(steps[index + 1 :])  # cancelled: say what will never start
-                raise
+        await run_in_order(steps)
     finally:
         _current.reset(token)
         if tracker is not None:
             tracker.discard(run)
+
+
+async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Await each step after the last; if cancelled, report those that will never start."""
+    for index, step in enumerate(steps):
+        try:
+            await step()
+        except BaseException:
+            abandon(steps[index + 1 :])
+            raise
 
 
 def detach(group: TaskGroup, steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
@@ -178,13 +183,15 @@ async def _attempt(
     emit("started", task, run, attempt=attempt, duration=time.monotonic() - run.sent_at)
     _notify_started(task)
     thread_gives_back = in_thread and bool(held)
-    on_thread_end = functools.partial(_give_back_from_thread, held, borrower)
+    on_thread_end = (
+        functools.partial(_give_back_from_thread, held, borrower) if thread_gives_back else None
+    )
     # With a pool of the app's own, the slot is held already: no limit on the thread itself.
     threads = _UNBOUNDED if in_thread and settings.thread_limiter is not None else None
     started = time.monotonic()
     try:
         with anyio.move_on_after(policy.timeout or math.inf) as deadline:
-            await task.invoke(threads, on_thread_end if thread_gives_back else None)
+            await task.invoke(threads, on_thread_end)
         return None, deadline.cancelled_caught, time.monotonic() - started
     except asyncio.CancelledError as error:
         if _cancelled_from_outside():

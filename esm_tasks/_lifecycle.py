@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
 from lilya.types import Message, Receive, Scope, Send
 
+from ._events import logger
+
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
     from ._run import Run, Settings
-
-logger = logging.getLogger("esm_tasks")
 
 
 class Tracker:

@@ -1,9 +1,12 @@
 """The merge: which tasks one request runs, and in what order.
 
-1. the handler's declared `background=` tasks, in declaration order;
-2. the tasks added while the request was handled (injected `BackgroundTasks`
+1. the tasks declared by the App, then by each enclosing Include, outermost first;
+2. the route's declared `background=` tasks, in declaration order;
+3. the tasks added while the request was handled (injected `BackgroundTasks`
    and the response draft), in the order they were added;
-3. the returned response's own `background`.
+4. the returned response's own `background`.
+
+Steps 1 and 2 arrive together as `declared`.
 
 The same object reaching the merge twice, such as the injected collection also
 given to the response, runs once, in its first place.

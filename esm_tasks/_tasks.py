@@ -14,7 +14,7 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
-from ._execution import abandon, run_isolated
+from ._execution import abandon, run_in_order, run_isolated
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 
 if TYPE_CHECKING:
@@ -230,12 +230,7 @@ class BackgroundTasks(Tasks):
 
     async def __call__(self) -> None:
         if not self.as_group:
-            for index, task in enumerate(self.tasks):
-                try:
-                    await task()
-                except BaseException:
-                    abandon(self.tasks[index + 1 :])  # cancelled: say what will never start
-                    raise
+            await run_in_order(self.tasks)
             return
         started: set[int] = set()
 
