@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
+from lilya.compat import is_async_callable
 from lilya.requests import Request
 from lilya.types import Receive, Scope
 from pydantic import TypeAdapter, ValidationError
@@ -152,14 +153,19 @@ def get_body(name: str, adapter: TypeAdapter[Any], default: Any, binding: Bindin
         return binding.invalid("body", "", error)
 
 
-async def call_async(
-    func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str, Any]
-) -> Any:
+def async_caller(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """`func` as an async function of keyword arguments: a sync one runs in a worker thread."""
+    if is_async_callable(func):
+        return func
+
+    async def call_in_thread(**values: Any) -> Any:
+        return await anyio.to_thread.run_sync(functools.partial(func, **values))
+
+    return call_in_thread
+
+
+async def call(func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str, Any]) -> Any:
     return await func(**values)
-
-
-async def call_sync(func: Callable[..., Any], _: Binding, values: dict[str, Any]) -> Any:
-    return await anyio.to_thread.run_sync(functools.partial(func, **values))
 
 
 async def enter_async(

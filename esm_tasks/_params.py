@@ -12,11 +12,10 @@ import inspect
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from lilya.background import Tasks
-from lilya.compat import is_async_callable
 from lilya.requests import Request
 from lilya.responses import Response as LilyaResponse
 from pydantic import BaseModel, TypeAdapter
@@ -25,8 +24,8 @@ from ._binding import (
     EMPTY,
     MISSING,
     Binding,
-    call_async,
-    call_sync,
+    async_caller,
+    call,
     enter_async,
     enter_sync,
     get_body,
@@ -80,10 +79,22 @@ class Plan:
     """How to call one function: its parameters, and what a request must provide."""
 
     params: tuple[Param, ...]
-    needs_tasks: bool
-    needs_draft: bool
-    reads_body: bool
-    has_exits: bool
+    needs: frozenset[str]
+    """What a request must provide: "tasks", "draft", "body" (read first), "exits" (a stack)."""
+    # Read on every request, so derived once from `needs`.
+    needs_tasks: bool = field(init=False)
+    needs_draft: bool = field(init=False)
+    reads_body: bool = field(init=False)
+    has_exits: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        for flag, need in (
+            ("needs_tasks", "tasks"),
+            ("needs_draft", "draft"),
+            ("reads_body", "body"),
+            ("has_exits", "exits"),
+        ):
+            object.__setattr__(self, flag, need in self.needs)
 
     async def bind(self, binding: Binding) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -127,7 +138,7 @@ def _plan(
 ) -> Plan:
     signature = inspect.signature(func)
     params: list[Param] = []
-    flags = {"tasks": False, "draft": False, "body": False, "exits": False}
+    needs: set[str] = set()  # what a request must provide: "tasks", "draft", "body", "exits"
     for parameter in signature.parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             raise TypeError(
@@ -140,55 +151,36 @@ def _plan(
             if default.dependency in outer:
                 raise TypeError(f"{where}: {func.__qualname__} depends on itself through Depends")
             dependency = _plan_dependency(default.dependency, path_params, where, (*outer, func))
-            for flag in flags:
-                flags[flag] |= getattr(dependency.plan, _FLAG_FIELDS[flag])
-            flags["exits"] |= inspect.isgeneratorfunction(
-                default.dependency
-            ) or inspect.isasyncgenfunction(default.dependency)
+            needs |= dependency.plan.needs
             params.append(Param(parameter.name, None, dependency))
             continue
-        getter = _getter(parameter, annotation, path_params, flags)
+        getter, need = _getter(parameter, annotation, path_params)
+        needs |= need
         params.append(Param(parameter.name, getter, None))
-    return Plan(tuple(params), flags["tasks"], flags["draft"], flags["body"], flags["exits"])
-
-
-_FLAG_FIELDS = {
-    "tasks": "needs_tasks",
-    "draft": "needs_draft",
-    "body": "reads_body",
-    "exits": "has_exits",
-}
+    return Plan(tuple(params), frozenset(needs))
 
 
 def _getter(
-    parameter: inspect.Parameter,
-    annotation: Any,
-    path_params: frozenset[str],
-    flags: dict[str, bool],
-) -> Getter:
+    parameter: inspect.Parameter, annotation: Any, path_params: frozenset[str]
+) -> tuple[Getter, frozenset[str]]:
+    """The getter for one parameter, and what it needs the request to provide."""
     name = parameter.name
     if _is_class(annotation):
         if issubclass(annotation, Request):
-            return get_request
+            return get_request, frozenset()
         if issubclass(annotation, Tasks):
-            flags["tasks"] = True
-            return get_tasks
+            return get_tasks, frozenset({"tasks"})
         if issubclass(annotation, LilyaResponse) and issubclass(ResponseDraft, annotation):
-            flags["tasks"] = flags["draft"] = True
-            return get_draft
+            return get_draft, frozenset({"tasks", "draft"})
     if name in path_params:
         exact = annotation if annotation in (int, float) else None
-        return functools.partial(get_path, name, _adapter(annotation), exact)
+        return functools.partial(get_path, name, _adapter(annotation), exact), frozenset()
     if name in BODY_NAMES or (_is_class(annotation) and issubclass(annotation, BaseModel)):
-        flags["body"] = True
-        return functools.partial(
-            get_body,
-            name,
-            TypeAdapter(Any if annotation is EMPTY else annotation),
-            parameter.default,
-        )
+        adapter = TypeAdapter(Any if annotation is EMPTY else annotation)
+        return functools.partial(get_body, name, adapter, parameter.default), frozenset({"body"})
     many = _is_sequence(annotation)
-    return functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
+    getter = functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
+    return getter, frozenset()
 
 
 def _plan_dependency(
@@ -197,16 +189,16 @@ def _plan_dependency(
     where: str,
     outer: tuple[Callable[..., Any], ...],
 ) -> DependencyPlan:
-    call: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
+    call_it: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
+    plan = _plan(func, path_params, where, outer)
     if inspect.isasyncgenfunction(func):
-        call = functools.partial(enter_async, contextlib.asynccontextmanager(func))
+        call_it = functools.partial(enter_async, contextlib.asynccontextmanager(func))
     elif inspect.isgeneratorfunction(func):
-        call = functools.partial(enter_sync, contextlib.contextmanager(func))
-    elif is_async_callable(func):
-        call = functools.partial(call_async, func)
+        call_it = functools.partial(enter_sync, contextlib.contextmanager(func))
     else:
-        call = functools.partial(call_sync, func)
-    return DependencyPlan(func, _plan(func, path_params, where, outer), call)
+        return DependencyPlan(func, plan, functools.partial(call, async_caller(func)))
+    # Its clean-up runs once the handler has returned: the request needs an exit stack.
+    return DependencyPlan(func, Plan(plan.params, plan.needs | {"exits"}), call_it)
 
 
 def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -> Any:

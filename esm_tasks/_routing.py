@@ -8,14 +8,12 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import anyio.to_thread
 from lilya.background import Task
-from lilya.compat import is_async_callable
 from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
-from ._binding import Binding, read_body
+from ._binding import Binding, async_caller, read_body
 from ._execution import detach, observer, run_steps
 from ._merge import label_sources, merge
 from ._params import plan
@@ -66,7 +64,7 @@ class TaskRoute(Path):
             include_in_schema=include_in_schema,
         )
         self.plan = plan(fn, frozenset(self.param_convertors), where)
-        self.call_handler = _async_caller(fn)
+        self.call_handler = async_caller(fn)
 
     def __repr__(self) -> str:
         return f"TaskRoute({'/'.join(self.methods or ())} {self.path} -> {self.fn.__qualname__})"
@@ -168,16 +166,6 @@ class _Endpoint:
             await job()
         else:
             waiting.append(job)
-
-
-def _async_caller(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if is_async_callable(fn):
-        return fn
-
-    async def call_in_thread(**kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs))
-
-    return call_in_thread
 
 
 def _check_route(
