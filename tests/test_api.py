@@ -42,3 +42,17 @@ def test_the_testing_kit_exports() -> None:
     import esm_tasks.testing
 
     assert sorted(esm_tasks.testing.__all__) == ["ScheduledTask", "TestClient"]
+
+
+def test_the_public_classes_extend_lilyas() -> None:
+    from lilya.apps import Lilya
+    from lilya.background import Task, Tasks
+    from lilya.responses import Response
+    from lilya.routing import Include, Path
+
+    assert issubclass(esm_tasks.App, Lilya)
+    assert issubclass(esm_tasks.Include, Include)
+    assert issubclass(esm_tasks.TaskRoute, Path)
+    assert issubclass(esm_tasks.BackgroundTask, Task)
+    assert issubclass(esm_tasks.BackgroundTasks, Tasks)
+    assert issubclass(esm_tasks.Response, Response)
