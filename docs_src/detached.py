@@ -20,6 +20,6 @@ async def upload(video: str, res: Response) -> dict[str, str]:
 
 app = App(
     routes=[upload],
-    detach_tasks=True,  # tasks go to a task group of the app's lifespan
+    detach_tasks=True,  # while the app's lifespan runs, each run is a task of its own
     shutdown_timeout=30,  # at shutdown, in-flight tasks get 30 s, then are abandoned and logged
 )

@@ -31,9 +31,9 @@ class App(Lilya):
     :param max_concurrent_tasks: at most this many tasks of this app run at once.
     :param task_threads: sync tasks get a thread pool of this size of their own, so that
         task load cannot starve sync endpoints of the shared default pool.
-    :param detach_tasks: hand each request's tasks, once its body is sent, to a task group
-        of the app's lifespan, so that the request's ASGI call ends at once; otherwise
-        (the default) they run inside it.
+    :param detach_tasks: while the app's lifespan runs, hand each request's tasks, once its
+        body is sent, to a task of their own, so that the request's ASGI call ends at once;
+        otherwise (the default) they run inside it.
     :param shutdown_timeout: at shutdown, seconds the tasks still in flight get to finish
         before they are cancelled, each logged as abandoned.
     """

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.from_thread
@@ -23,9 +23,6 @@ from lilya.types import Scope
 from ._events import EventKind, TaskEvent, emit, report_failure
 from ._policy import DEFAULT_POLICY, TaskPolicy
 from ._run import DEFAULT_SETTINGS, Run, settings_of
-
-if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
 
 
 class NamedTask(Protocol):
@@ -77,20 +74,26 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
 
 async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Await each step after the last; if cancelled, report those that will never start."""
-    for index, step in enumerate(steps):
+    index = 0  # counted by hand: an iterator would be one more object alive per run
+    while index < len(steps):
         try:
-            await step()
+            await steps[index]()
         except BaseException:
             abandon(steps[index + 1 :])
             raise
+        index += 1
 
 
-def detach(group: TaskGroup, steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """Hand a run to the app's task group; it is in flight from now on."""
-    run.detached = True
-    if run.settings.tracker is not None:
-        run.settings.tracker.add(run)
-    group.start_soon(run_steps, steps, run)
+def detach(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    """Hand a run to the app, which runs it as a task of its own from now on."""
+    tracker = run.settings.tracker
+    assert tracker is not None  # detaching is only on while an App's lifespan runs
+    tracker.start(_run_detached(steps, run))
+
+
+async def _run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    _current.set(run)  # in the context of this run's own task, gone with it: no reset
+    await run_in_order(steps)
 
 
 @contextlib.contextmanager

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from lilya.types import Message, Receive, Scope, Send
@@ -11,16 +12,22 @@ from lilya.types import Message, Receive, Scope, Send
 from ._events import logger
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup, TaskStatus
-
     from ._run import Run, Settings
 
 
 class Tracker:
-    """The runs of an app's requests whose tasks have not finished yet."""
+    """The runs of an app's requests whose tasks have not finished yet.
+
+    Detached runs are bare asyncio tasks held here. An anyio task group would hold
+    each of them with some fifteen more objects (a handle, its events, a cancel
+    scope), all kept alive while a slow task runs, and every garbage collection of
+    the process walks them; the group's one service needed here, cancelling them
+    all at shutdown, is `cancel_detached`.
+    """
 
     def __init__(self) -> None:
-        self.runs: set[Run] = set()
+        self.runs: set[Run] = set()  # runs inside their request's ASGI call
+        self.detached: set[asyncio.Task[None]] = set()
         self._idle: anyio.Event | None = None
 
     def add(self, run: Run) -> None:
@@ -28,14 +35,34 @@ class Tracker:
 
     def discard(self, run: Run) -> None:
         self.runs.discard(run)
+        self._changed()
+
+    def start(self, run: Coroutine[Any, Any, None]) -> None:
+        """Run a detached run's coroutine as a task of its own, in flight from now on."""
+        task = asyncio.get_running_loop().create_task(run)
+        self.detached.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.detached.discard(task)
+        self._changed()
+
+    def _changed(self) -> None:
         if self._idle is not None:
             self._idle.set()  # a waiter checks again whether what it waits for is done
 
+    def in_flight(self) -> int:
+        return len(self.runs) + len(self.detached)
+
     async def wait_idle(self, detached_only: bool = False) -> None:
         """Wait until no run (or no detached run) is in flight."""
-        while any(run.detached or not detached_only for run in self.runs):
+        while self.detached or (self.runs and not detached_only):
             self._idle = anyio.Event()
             await self._idle.wait()
+
+    def cancel_detached(self) -> None:
+        for task in self.detached:
+            task.cancel()
 
 
 async def serve_lifespan(
@@ -46,49 +73,41 @@ async def serve_lifespan(
     receive: Receive,
     send: Send,
 ) -> None:
-    """Run the app's lifespan beside a task group for detached runs, drained at shutdown.
+    """Run the app's lifespan; while it runs, detach mode hands runs to the tracker.
 
     The drain happens when the server announces shutdown and before the app's own
     shutdown handlers, which may close what the tasks still use.
     """
     tracker = settings.tracker
-    async with anyio.create_task_group() as lifespan:
-        # The runs get a group of their own, in a task of its own, so that cancelling
-        # them all at once leaves the lifespan itself alone.
-        runs: TaskGroup = await lifespan.start(_hold_runs)
-        if settings.detach:
-            settings.group = runs
 
-        async def receive_then_drain() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                settings.group = None  # from now on, runs stay in their requests
-                if tracker is not None:
-                    await _drain(tracker, runs, shutdown_timeout)
-            return message
+    async def receive_then_drain() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.shutdown":
+            settings.detaching = False  # from now on, runs stay in their requests
+            if tracker is not None:
+                await _drain(tracker, shutdown_timeout)
+        return message
 
-        try:
-            await app(scope, receive_then_drain, send)
-        finally:
-            settings.group = None
-            runs.cancel_scope.cancel()
+    settings.detaching = settings.detach and tracker is not None
+    try:
+        await app(scope, receive_then_drain, send)
+    finally:
+        settings.detaching = False
+        if tracker is not None:
+            tracker.cancel_detached()
 
 
-async def _hold_runs(*, task_status: TaskStatus[TaskGroup]) -> None:
-    async with anyio.create_task_group() as runs:
-        task_status.started(runs)
-        await anyio.sleep_forever()  # until the lifespan ends, or the drain cancels the runs
-
-
-async def _drain(tracker: Tracker, runs: TaskGroup, timeout: float) -> None:
-    if tracker.runs:
-        logger.info("waiting up to %s s for the tasks of %d request(s)", timeout, len(tracker.runs))
+async def _drain(tracker: Tracker, timeout: float) -> None:
+    if tracker.in_flight():
+        logger.info(
+            "waiting up to %s s for the tasks of %d request(s)", timeout, tracker.in_flight()
+        )
     with anyio.move_on_after(timeout):
+        # Waiting lets every detached run start, even at a timeout of 0, so that each one,
+        # once cancelled, logs its running task and those it had not started as abandoned.
         await tracker.wait_idle()
-    # Each task still running logs itself as abandoned when cancelled, and the tasks
-    # its run had not started yet are logged by the run. Runs inside a request's ASGI
-    # call belong to the server, which cancels them itself.
-    runs.cancel_scope.cancel()
+    tracker.cancel_detached()
+    # Runs inside a request's ASGI call belong to the server, which cancels them itself.
     await tracker.wait_idle(detached_only=True)  # cancelled runs end at their next await
     if tracker.runs:
         logger.warning(

@@ -147,8 +147,8 @@ class _Endpoint:
             watcher.scheduled(run, label_sources(steps, layers, self.route.background))
             if watcher.capture:
                 return
-        if settings.group is not None:
-            detach(settings.group, steps, run)
+        if settings.detaching:
+            detach(steps, run)
         else:
             await run_steps(steps, run)
 

@@ -15,8 +15,6 @@ from lilya.types import Scope
 from ._events import TaskEvent, logger
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
-
     from ._lifecycle import Tracker
 
 
@@ -26,7 +24,7 @@ class Settings:
     __slots__ = (
         "background",
         "detach",
-        "group",
+        "detaching",
         "on_task_error",
         "on_task_event",
         "simple",
@@ -53,7 +51,7 @@ class Settings:
         self.thread_limiter = thread_limiter
         self.tracker = tracker
         self.detach = detach
-        self.group: TaskGroup | None = None  # the detached mode's, while the app runs
+        self.detaching = False  # whether runs are detached now: in detach mode, while the app runs
         # Nothing to do around a task with the default policy but call it.
         self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
 
@@ -64,7 +62,7 @@ DEFAULT_SETTINGS = Settings()
 class Run:
     """One request's tasks while they run: what their logs, events and hooks say."""
 
-    __slots__ = ("_request_id", "detached", "failed", "scope", "sent_at", "settings", "simple")
+    __slots__ = ("_request_id", "failed", "scope", "sent_at", "settings", "simple")
 
     def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
         self.scope = scope
@@ -72,7 +70,6 @@ class Run:
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
-        self.detached = False  # handed to the app's task group rather than run in the request
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeAlias
 
 import anyio
@@ -164,27 +164,29 @@ class BackgroundTask(Task):
         """Whether the function runs on the event loop (else in a worker thread)."""
         return self._is_async
 
-    async def invoke(
+    def invoke(
         self,
         threads: anyio.CapacityLimiter | None = None,
         on_thread_end: Callable[[], None] | None = None,
-    ) -> None:
-        """Call the function once; unlike awaiting the task, this lets errors through.
+    ) -> Awaitable[None]:
+        """One call of the function, to await; unlike awaiting the task, this lets errors through.
 
-        A sync function runs in a worker thread taken from `threads` (anyio's default pool
-        when None); if the call is cancelled, its thread is left to finish on its own, and
-        `on_thread_end` is called in it when it does.
+        An async function's own coroutine is returned as is: a run that waits on a slow
+        task keeps no frame of ours alive around it. A sync function runs in a worker
+        thread taken from `threads` (anyio's default pool when None); if the call is
+        cancelled, its thread is left to finish on its own, and `on_thread_end` is
+        called in it when it does.
         """
         if self._is_async:
-            await self.func(*self.args, **self.kwargs)
-            return
-        call: Callable[[], object] = functools.partial(self.func, *self.args, **self.kwargs)
+            result: Awaitable[None] = self.func(*self.args, **self.kwargs)
+            return result
+        call: Callable[[], Any] = functools.partial(self.func, *self.args, **self.kwargs)
         if on_thread_end is not None:
             call = functools.partial(_then, call, on_thread_end)
-        await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
+        return anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
-    async def __call__(self) -> None:
-        await run_isolated(self)
+    def __call__(self) -> Coroutine[Any, Any, None]:
+        return run_isolated(self)
 
     def __repr__(self) -> str:
         return f"BackgroundTask({self.name})"

@@ -81,7 +81,15 @@ async def drive(
         if not message.get("more_body", False):
             events.append("body sent")
 
-    scope = {
+    await app(http_scope(method, path, query, headers), receive, send)
+    return reply
+
+
+def http_scope(
+    method: str, path: str, query: str = "", headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> dict[str, Any]:
+    """The scope a server would give a request."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -95,8 +103,6 @@ async def drive(
         "client": ("127.0.0.1", 1),
         "server": ("test", 80),
     }
-    await app(scope, receive, send)
-    return reply
 
 
 @contextlib.asynccontextmanager

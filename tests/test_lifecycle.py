@@ -4,11 +4,12 @@ import logging
 
 import anyio
 import pytest
+from lilya.types import Message
 
 from esm_tasks import App, BackgroundTasks, get, post
 from esm_tasks.testing import TestClient
 
-from .support import Events, errors, lifespan
+from .support import Events, errors, http_scope, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +29,7 @@ async def test_detached_tasks_run_after_the_request_call_has_returned() -> None:
         with anyio.fail_after(10):
             await client.post("/d")  # returns although the task is still waiting
         assert not done.is_set()
-        assert len(app.task_settings.tracker.runs) == 1  # type: ignore[union-attr]
+        assert len(app.task_settings.tracker.detached) == 1  # type: ignore[union-attr]
         release.set()
         with anyio.fail_after(10):
             await done.wait()
@@ -83,6 +84,43 @@ async def test_shutdown_drains_finished_tasks_and_abandons_the_rest_before_app_h
         "abandoned: cancelled before it finished" in r.getMessage() for r in errors(task_log)
     )
     assert not app.task_settings.tracker.runs  # type: ignore[union-attr]
+
+
+async def test_a_run_detached_as_shutdown_begins_still_logs_its_tasks_as_abandoned(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+
+    async def hangs() -> None:
+        await anyio.sleep_forever()
+
+    @get("/late", background=[hangs, events.task("second")])
+    async def late() -> None: ...
+
+    app = App(routes=[late], detach_tasks=True, shutdown_timeout=0)
+    to_app, app_inbox = anyio.create_memory_object_stream[Message](10)
+    app_outbox, from_app = anyio.create_memory_object_stream[Message](10)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            # The server announces shutdown while this request's tasks are being handed over.
+            to_app.send_nowait({"type": "lifespan.shutdown"})
+
+    lifespan_scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    async with to_app, from_app, app_inbox, app_outbox, anyio.create_task_group() as group:
+        group.start_soon(app, lifespan_scope, app_inbox.receive, app_outbox.send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        with anyio.fail_after(10):
+            await app(http_scope("GET", "/late"), receive, send)
+            assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+    names = [r.task_name.rsplit(".", 1)[-1] for r in errors(task_log)]  # type: ignore[attr-defined]
+    assert names == ["hangs", "second"]
+    assert events == []
+    assert not app.task_settings.tracker.detached  # type: ignore[union-attr]
 
 
 async def test_a_run_cancelled_by_the_server_logs_every_unfinished_task(
