@@ -1,9 +1,16 @@
-"""A uvicorn server in its own process, and a keep-alive load generator for it."""
+"""A uvicorn server in its own process, and a keep-alive load generator in another.
+
+The load generator runs in a process of its own, with its garbage collector off, so
+that the measuring instrument neither pauses on its own heap nor competes with the
+bench's: what it reports is the server's latency.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
 import socket
 import subprocess
 import sys
@@ -24,36 +31,55 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
 
 
 async def _one_connection(
-    port: int, path: str, requests: int, latencies: list[float], interval: float
+    port: int, path: str, schedule: list[float] | int, latencies: list[float]
 ) -> None:
+    """Send requests one after another; with a schedule, each no earlier than its time.
+
+    A request that waited for the previous response past its own time is measured from
+    its time, so that a server stall counts for every request it held back (no
+    coordinated omission); any other is measured from when it was sent, so that the
+    event loop's timer slack is not counted against the server.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     message = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-    next_send = time.perf_counter()
-    for _ in range(requests):
-        if interval:  # a fixed pace, so that the server is not kept saturated
-            next_send += interval
-            await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
-        started = time.perf_counter()
+    times = schedule if isinstance(schedule, list) else [0.0] * schedule
+    free_since = 0.0
+    for due in times:
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        sent = time.perf_counter()
         writer.write(message)
         await read_response(reader)
-        latencies.append((time.perf_counter() - started) * 1000)
+        answered = time.perf_counter()
+        latencies.append((answered - (due if 0.0 < due < free_since else sent)) * 1000)
+        free_since = answered
     writer.close()
     await writer.wait_closed()
 
 
-async def load(
-    port: int, path: str, connections: int, requests: int, rate: float = 0.0
-) -> list[float]:
-    """Latencies in ms of `requests` GETs over `connections`, as fast as possible or at `rate`/s."""
+async def _load(port: int, path: str, connections: int, requests: int, rate: float) -> list[float]:
     latencies: list[float] = []
     per_connection = requests // connections
-    interval = connections / rate if rate else 0.0
-    await asyncio.gather(
-        *(
-            _one_connection(port, path, per_connection, latencies, interval)
-            for _ in range(connections)
-        )
+    if rate:  # open loop: one request every 1/rate s, taken by the connections in turn
+        start = time.perf_counter() + 0.05
+        schedules: list[list[float] | int] = [
+            [start + (i * connections + c) / rate for i in range(per_connection)]
+            for c in range(connections)
+        ]
+    else:  # closed loop: each connection sends its next request when answered
+        schedules = [per_connection] * connections
+    await asyncio.gather(*(_one_connection(port, path, s, latencies) for s in schedules))
+    return latencies
+
+
+def load(port: int, path: str, connections: int, requests: int, rate: float = 0.0) -> list[float]:
+    """Latencies in ms of `requests` GETs over `connections`, as fast as answered or at `rate`/s."""
+    command = [sys.executable, "-m", "bench.server", str(port), path, str(connections)]
+    done = subprocess.run(
+        [*command, str(requests), str(rate)], capture_output=True, text=True, check=True
     )
+    latencies: list[float] = json.loads(done.stdout)
     return latencies
 
 
@@ -79,3 +105,13 @@ def started_server(target: str, *options: str) -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+if __name__ == "__main__":  # the load generator's own process: prints its latencies as JSON
+    gc.disable()
+    port, path, connections, requests, rate = sys.argv[1:6]
+    print(
+        json.dumps(
+            asyncio.run(_load(int(port), path, int(connections), int(requests), float(rate)))
+        )
+    )
