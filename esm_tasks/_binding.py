@@ -68,10 +68,7 @@ class Binding:
     @property
     def query(self) -> dict[str, list[str]]:
         if self._query is None:
-            self._query = {}
-            query_string = self.scope["query_string"].decode("latin-1")
-            for key, value in parse_qsl(query_string, keep_blank_values=True):
-                self._query.setdefault(key, []).append(value)
+            self._query = parse_query(self.scope["query_string"].decode("latin-1"))
         return self._query
 
     def invalid(self, where: str, name: str, error: ValidationError | None = None) -> Any:
@@ -82,6 +79,21 @@ class Binding:
                 loc = [where, name, *item["loc"]] if name else [where, *item["loc"]]
                 self.errors.append({"loc": loc, "msg": item["msg"], "type": item["type"]})
         return MISSING
+
+
+def parse_query(query_string: str) -> dict[str, list[str]]:
+    """Each query parameter's values, in order, as `urllib.parse.parse_qsl` reads them."""
+    query: dict[str, list[str]] = {}
+    if "%" in query_string or "+" in query_string:
+        for key, value in parse_qsl(query_string, keep_blank_values=True):
+            query.setdefault(key, []).append(value)
+        return query
+    # Nothing to decode: splitting is all parse_qsl would do, at a fraction of its cost.
+    for part in query_string.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            query.setdefault(key, []).append(value)
+    return query
 
 
 async def read_body(scope: Scope, receive: Receive) -> bytes | None:

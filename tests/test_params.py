@@ -1,17 +1,23 @@
 """Parameter binding: path, query, body, Request, tasks, the draft, Depends, and 422s."""
 
+import functools
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Optional
+from urllib.parse import parse_qsl
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lilya.requests import Request
 from pydantic import BaseModel
 
 from esm_tasks import App, BackgroundTasks, Depends, Response, get, post
 from esm_tasks.testing import TestClient
 
-from .support import Events
+from .support import Events, drive
 
 pytestmark = pytest.mark.anyio
 
@@ -291,3 +297,19 @@ def test_a_dependency_cycle_is_refused_at_decoration() -> None:
 def test_depends_needs_a_callable() -> None:
     with pytest.raises(TypeError, match="Depends"):
         Depends(3)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(query=st.text(alphabet="ab=&%+2F é", max_size=24))
+def test_query_parameters_are_read_as_parse_qsl_reads_them(query: str) -> None:
+    @get("/q")
+    async def echo(a: list[str] | None = None, b: list[str] | None = None) -> dict[str, object]:
+        return {"a": a, "b": b}
+
+    expected: dict[str, list[str]] = {}
+    for key, value in parse_qsl(query.encode().decode("latin-1"), keep_blank_values=True):
+        expected.setdefault(key, []).append(value)
+    call = functools.partial(drive, App(routes=[echo]), "GET", "/q", Events(), query=query)
+    reply = anyio.run(call)
+    assert reply.status == 200
+    assert json.loads(reply.body) == {"a": expected.get("a"), "b": expected.get("b")}
