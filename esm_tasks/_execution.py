@@ -52,12 +52,6 @@ _current: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
 
-def current_scope() -> Scope | None:
-    """The scope of the request whose tasks are running, if any."""
-    run = _current.get()
-    return None if run is None else run.scope
-
-
 async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
     """Run one request's merged steps in order, after its response was sent."""
     token = _current.set(run)

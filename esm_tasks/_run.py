@@ -60,37 +60,33 @@ DEFAULT_SETTINGS = Settings()
 
 
 class Run:
-    """One request's tasks while they run: what their logs, events and hooks say."""
+    """One request's tasks while they run: what their logs, events and hooks say.
 
-    __slots__ = ("_request_id", "failed", "scope", "sent_at", "settings", "simple")
+    It keeps what it needs of the request's scope, not the scope itself, which would
+    keep the request's other objects alive for as long as a slow task runs.
+    """
+
+    __slots__ = ("_request_id", "failed", "method", "path", "sent_at", "settings", "simple")
 
     def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
-        self.scope = scope
+        self.method = str(scope.get("method", "-"))
+        self.path = str(scope.get("path", "-"))
         self.settings = settings
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                self._request_id = value.decode("latin-1")
+                break
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
-
-    @property
-    def method(self) -> str:
-        return str(self.scope.get("method", "-"))
-
-    @property
-    def path(self) -> str:
-        return str(self.scope.get("path", "-"))
 
     @property
     def request_id(self) -> str:
         """The request's X-Request-ID header, or an id made for it on first use."""
         if self._request_id is None:
-            for name, value in self.scope.get("headers", ()):
-                if name == b"x-request-id":
-                    self._request_id = value.decode("latin-1")
-                    break
-            else:
-                self._request_id = uuid.uuid4().hex[:16]
+            self._request_id = uuid.uuid4().hex[:16]
         return self._request_id
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +22,14 @@ import httpx
 from lilya.background import Task
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._execution import NamedTask, current_scope, observer, run_steps
+from ._execution import NamedTask, observer, run_steps
 from ._run import Run
 from ._tasks import BackgroundTask, BackgroundTasks
 
 __all__ = ["ScheduledTask", "TestClient"]
 
-_REQUEST = "esm_tasks.testing.request"  # the scope key numbering the requests under test
+# The number of the request under test whose handler or tasks are running.
+_request_number: ContextVar[int | None] = ContextVar("esm_tasks_request_number", default=None)
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,13 @@ _ABSENT = object()
 class _Observer:
     capture: bool
     records: list[ScheduledTask] = field(default_factory=list)
-    pending: list[tuple[Run, list[Task]]] = field(default_factory=list)
+    pending: list[tuple[Run, int | None, list[Task]]] = field(default_factory=list)
     # (kind, request number or None, detail): kind is "request", "response" or "task".
     events: list[tuple[str, int | None, str]] = field(default_factory=list)
 
     def scheduled(self, run: Run, steps: Sequence[tuple[str, Task]]) -> None:
-        scope = run.scope
-        number = scope.get(_REQUEST)
-        request = f"{scope.get('method', '-')} {scope.get('path', '-')}"
+        number = _request_number.get()
+        request = f"{run.method} {run.path}"
         order = sum(1 for record in self.records if record.request_number == number)
         for step, (source, task_or_tasks) in enumerate(steps, start=1):
             for task, in_group in _leaves(task_or_tasks, in_group=False):
@@ -120,11 +121,10 @@ class _Observer:
                     )
                 )
         if self.capture:
-            self.pending.append((run, [task for _, task in steps]))
+            self.pending.append((run, number, [task for _, task in steps]))
 
     def started(self, task: NamedTask) -> None:
-        scope = current_scope()
-        self.events.append(("task", None if scope is None else scope.get(_REQUEST), task.name))
+        self.events.append(("task", _request_number.get(), task.name))
 
 
 class _Observed:
@@ -141,7 +141,6 @@ class _Observed:
             return
         self.requests += 1
         number = self.requests
-        scope = {**scope, _REQUEST: number}
         events = self.watcher.events
         events.append(("request", number, f"{scope['method']} {scope['path']}"))
 
@@ -150,10 +149,11 @@ class _Observed:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 events.append(("response", number, ""))
 
-        token = observer.set(self.watcher)
+        token, numbered = observer.set(self.watcher), _request_number.set(number)
         try:
             await self.app(scope, receive, observed_send)
         finally:
+            _request_number.reset(numbered)
             observer.reset(token)
 
 
@@ -216,8 +216,12 @@ class TestClient(httpx.AsyncClient):
         pending, self._watcher.pending = self._watcher.pending, []
         token = observer.set(_Observer(capture=False, events=self._watcher.events))
         try:
-            for run, steps in pending:
-                await run_steps(steps, run)
+            for run, number, steps in pending:
+                numbered = _request_number.set(number)
+                try:
+                    await run_steps(steps, run)
+                finally:
+                    _request_number.reset(numbered)
         finally:
             observer.reset(token)
 
