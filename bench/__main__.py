@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import platform
 import statistics
@@ -18,7 +19,10 @@ import sys
 import time
 from typing import Any
 
+import anyio
+
 from .apps import APPS, DONE, SCENARIOS, Scenario
+from .footprint import kept_alive
 from .server import load, started_server
 
 BATCH = {"plain": 2000, "merge": 2000, "binding": 2000, "group": 100, "sync": 100}
@@ -98,12 +102,14 @@ E2E_APPS = {  # label: uvicorn target
     "esm_tasks, in the request": "bench.e2e_app:app",
     "esm_tasks, detached": "bench.e2e_app:detached",
 }
+E2E_ROUNDS = 5
 Latency = dict[str, tuple[float, float]]  # path: (p50, p99) in ms
 
 
 def end_to_end(connections: int, requests: int, rounds: int, rate: float) -> dict[str, Latency]:
-    """p50 and p99 of /fast and /slow for each app, each on its own server, in rounds."""
-    results: dict[str, dict[str, list[float]]] = {
+    """For each app, on its own server: /fast and /slow, the median over rounds of each
+    round's p50 and p99, so that one noisy moment of a shared machine moves one sample."""
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {
         app: {"/fast": [], "/slow": []} for app in E2E_APPS
     }
     with contextlib.ExitStack() as servers:
@@ -112,22 +118,30 @@ def end_to_end(connections: int, requests: int, rounds: int, rate: float) -> dic
             load(port, "/fast", connections, requests // 4)  # warm-up
         for _ in range(rounds):
             for app, port in ports.items():
-                for path, latencies in results[app].items():
-                    latencies += load(port, path, connections, requests, rate)
+                for path, per_round in samples[app].items():
+                    latencies = load(port, path, connections, requests, rate)
+                    p99 = statistics.quantiles(latencies, n=100)[98]
+                    per_round.append((statistics.median(latencies), p99))
             time.sleep(1.2)  # the slow tasks end before /fast is measured again
     return {
         app: {
-            path: (statistics.median(values), statistics.quantiles(values, n=100)[98])
-            for path, values in by_path.items()
+            path: (
+                statistics.median(p50 for p50, _ in per_round),
+                statistics.median(p99 for _, p99 in per_round),
+            )
+            for path, per_round in by_path.items()
         }
-        for app, by_path in results.items()
+        for app, by_path in samples.items()
     }
 
 
-def print_end_to_end(latency: dict[tuple[str, str], Latency], connections: int) -> None:
+def print_end_to_end(
+    latency: dict[tuple[str, str], Latency], connections: int, rounds: int, requests: int
+) -> None:
     print(
-        f"\nend to end: uvicorn on 127.0.0.1, {connections} keep-alive connections; "
-        "/slow leaves a 1 s task per request, /fast none (ms)"
+        f"\nend to end: uvicorn on 127.0.0.1, {connections} keep-alive connections, "
+        f"{rounds} rounds of {requests} requests per route; /slow leaves a 1 s task per "
+        "request, /fast none (ms, medians over rounds)"
     )
     print(f"{'load':22}{'app':28}{'p50 /fast':>10}{'p99 /fast':>10}{'p50 /slow':>10}", end="")
     print(f"{'p99 /slow':>10}{'p99 ratio':>10}")
@@ -142,7 +156,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--scale", type=float, default=1.0, help="batch size multiplier")
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=4000, help="end-to-end, per round")
+    parser.add_argument("--requests", type=int, default=3000, help="end-to-end, per round")
     parser.add_argument("--rate", type=float, default=1000, help="end-to-end paced load, per s")
     args = parser.parse_args()
 
@@ -156,9 +170,14 @@ def main() -> None:
     latency: dict[tuple[str, str], Latency] = {}
     shapes = {"as fast as answered": 0.0, f"{args.rate:g} requests/s": args.rate}
     for shape, rate in shapes.items():
-        for app, by_path in end_to_end(args.connections, args.requests, 3, rate).items():
+        for app, by_path in end_to_end(args.connections, args.requests, E2E_ROUNDS, rate).items():
             latency[shape, app] = by_path
-    print_end_to_end(latency, args.connections)
+    print_end_to_end(latency, args.connections, E2E_ROUNDS, args.requests)
+    print("\nobjects the garbage collector walks per request whose 1 s task is running")
+    for app, target in E2E_APPS.items():
+        module, name = target.split(":")
+        count = anyio.run(kept_alive, getattr(importlib.import_module(module), name))
+        print(f"  {app:28}{count:6.0f}")
 
     print("\ntargets")
     failed = False

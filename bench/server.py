@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 async def read_response(reader: asyncio.StreamReader) -> bytes:
@@ -77,10 +78,23 @@ def load(port: int, path: str, connections: int, requests: int, rate: float = 0.
     """Latencies in ms of `requests` GETs over `connections`, as fast as answered or at `rate`/s."""
     command = [sys.executable, "-m", "bench.server", str(port), path, str(connections)]
     done = subprocess.run(
-        [*command, str(requests), str(rate)], capture_output=True, text=True, check=True
+        [*command, str(requests), str(rate)],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=_on_cpu(1),
     )
     latencies: list[float] = json.loads(done.stdout)
     return latencies
+
+
+def _on_cpu(cpu: int) -> Callable[[], None] | None:
+    """Pin a child process to one CPU: the servers to the first, the load to the second,
+    so that neither is descheduled for the other in the middle of a request."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        return None
+    chosen = sorted(os.sched_getaffinity(0))[cpu]
+    return lambda: os.sched_setaffinity(0, {chosen})
 
 
 @contextlib.contextmanager
@@ -90,7 +104,9 @@ def started_server(target: str, *options: str) -> Iterator[int]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
-    server = subprocess.Popen([*command, "--log-level", "warning", "--no-access-log", *options])
+    server = subprocess.Popen(
+        [*command, "--log-level", "warning", "--no-access-log", *options], preexec_fn=_on_cpu(0)
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
