@@ -98,8 +98,9 @@ class App(Lilya):
                 await super().__call__(scope, receive, send)
                 return
             scope[SETTINGS] = settings
-            # A request whose handler fails leaves its error tasks here, to run once the
-            # error response, which the layers around the route send, is out.
+            # The route leaves its request's run here, to start once the layers around it
+            # have returned: after the error response they send if the handler failed, and
+            # with none of their frames kept alive while a slow task runs.
             waiting: list[Callable[[], Awaitable[None]]] = []
             scope[DEFERRED] = waiting
             try:

@@ -129,17 +129,19 @@ class _Endpoint:
             response, own = respond(result, route.response_class, route.status_code, draft)
         except Exception:
             # A dependency, the handler or the response failed: only the tasks declared for
-            # errors will run (see TaskPolicy.when).
+            # errors will run (see TaskPolicy.when), after the error response if an App can
+            # say when; otherwise now, before the error propagates.
             steps = merge(declared, tasks, None)
             if steps:
-                await self.after_failure(scope, settings, steps)
+                await self.hand_over(scope, settings, steps, True)
             raise
         return response, merge(declared, tasks, own)
 
     async def hand_over(
         self, scope: Scope, settings: Settings, steps: tuple[Task, ...], failed: bool
     ) -> None:
-        """Give the merged steps to whoever runs them: this call, the app, or a test."""
+        """Give the merged steps to whoever runs them: a test, a task of their own, the
+        App around the routing layers once they have returned, or, without one, this call."""
         run = Run(scope, settings, failed)
         watcher = observer.get()
         if watcher is not None:
@@ -149,23 +151,12 @@ class _Endpoint:
                 return
         if settings.detaching:
             detach(steps, run)
-        else:
-            await run_steps(steps, run)
-
-    async def after_failure(
-        self, scope: Scope, settings: Settings, steps: tuple[Task, ...]
-    ) -> None:
-        """A failed handler's steps run after the error response, where an App can say when.
-
-        Without an esm_tasks App nothing runs after the error response in this request, so
-        they run now, before the error propagates.
-        """
-        job = functools.partial(self.hand_over, scope, settings, steps, True)
+            return
         waiting = scope.get(DEFERRED)
         if waiting is None:
-            await job()
+            await run_steps(steps, run)
         else:
-            waiting.append(job)
+            waiting.append(functools.partial(run_steps, steps, run))
 
 
 def _check_route(
