@@ -63,22 +63,29 @@ class Run:
     """One request's tasks while they run: what their logs, events and hooks say.
 
     It keeps what it needs of the request's scope, not the scope itself, which would
-    keep the request's other objects alive for as long as a slow task runs.
+    keep the request's other objects alive for as long as a slow task runs; the
+    request id is looked up in the headers only when a log or an event needs it.
     """
 
-    __slots__ = ("_request_id", "failed", "method", "path", "sent_at", "settings", "simple")
+    __slots__ = (
+        "_headers",
+        "_request_id",
+        "failed",
+        "method",
+        "path",
+        "sent_at",
+        "settings",
+        "simple",
+    )
 
     def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
-        self.method = str(scope.get("method", "-"))
-        self.path = str(scope.get("path", "-"))
+        self.method: str = scope.get("method", "-")
+        self.path: str = scope.get("path", "-")
+        self._headers: list[tuple[bytes, bytes]] = scope.get("headers", ())
         self.settings = settings
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                self._request_id = value.decode("latin-1")
-                break
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
 
@@ -86,7 +93,12 @@ class Run:
     def request_id(self) -> str:
         """The request's X-Request-ID header, or an id made for it on first use."""
         if self._request_id is None:
-            self._request_id = uuid.uuid4().hex[:16]
+            for name, value in self._headers:
+                if name == b"x-request-id":
+                    self._request_id = value.decode("latin-1")
+                    break
+            else:
+                self._request_id = uuid.uuid4().hex[:16]
         return self._request_id
 
 
