@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import math
 import time
@@ -82,12 +83,9 @@ def detach(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
     """Hand a run to the app, which runs it as a task of its own from now on."""
     tracker = run.settings.tracker
     assert tracker is not None  # detaching is only on while an App's lifespan runs
-    tracker.start(_run_detached(steps, run))
-
-
-async def _run_detached(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    _current.set(run)  # in the context of this run's own task, gone with it: no reset
-    await run_in_order(steps)
+    context = contextvars.copy_context()
+    context.run(_current.set, run)
+    tracker.start(run_in_order(steps), context)
 
 
 @contextlib.contextmanager

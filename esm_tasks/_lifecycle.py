@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +39,13 @@ class Tracker:
         self.runs.discard(run)
         self._changed()
 
-    def start(self, run: Coroutine[Any, Any, None]) -> None:
-        """Run a detached run's coroutine as a task of its own, in flight from now on."""
-        task = asyncio.get_running_loop().create_task(run)
+    def start(self, run: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
+        """Run a detached run's coroutine in `context`, as a task of its own, from now on."""
+        loop = asyncio.get_running_loop()
+        if sys.version_info >= (3, 11):
+            task = loop.create_task(run, context=context)
+        else:  # the task runs in a copy of the context it is created in
+            task = context.run(loop.create_task, run)
         self.detached.add(task)
         task.add_done_callback(self._finished)
 
