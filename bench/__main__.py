@@ -122,7 +122,8 @@ def end_to_end(connections: int, requests: int, rounds: int, rate: float) -> dic
                     latencies = load(port, path, connections, requests, rate)
                     p99 = statistics.quantiles(latencies, n=100)[98]
                     per_round.append((statistics.median(latencies), p99))
-            time.sleep(1.2)  # the slow tasks end before /fast is measured again
+                # The servers share a CPU: this one's slow tasks end before the next is loaded.
+                time.sleep(1.2)
     return {
         app: {
             path: (
