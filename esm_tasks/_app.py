@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -12,6 +12,7 @@ from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
 from ._events import TaskEvent
+from ._execution import Deferred, start_deferred
 from ._lifecycle import Tracker, serve_lifespan
 from ._run import DEFERRED, LAYERS, SETTINGS, Settings
 from ._tasks import BackgroundSpec, to_steps
@@ -90,30 +91,40 @@ class App(Lilya):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            settings = self.task_settings
-            if settings.background:
-                scope[LAYERS] = scope.get(LAYERS, ()) + settings.background
-            if SETTINGS in scope:
-                # Mounted in another App: its tasks are one more layer, the rest is the outer's.
-                await super().__call__(scope, receive, send)
-                return
-            scope[SETTINGS] = settings
-            # The route leaves its request's run here, to start once the layers around it
-            # have returned: after the error response they send if the handler failed, and
-            # with none of their frames kept alive while a slow task runs.
-            waiting: list[Callable[[], Awaitable[None]]] = []
-            scope[DEFERRED] = waiting
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                for run_later in waiting:
-                    await run_later()
+            await self._serve(scope, receive, send)
         elif kind == "lifespan":
             await serve_lifespan(
                 super().__call__, self.task_settings, self.shutdown_timeout, scope, receive, send
             )
         else:
             await super().__call__(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = self.task_settings
+        layers = scope.get(LAYERS)
+        if settings.background:
+            scope[LAYERS] = (layers or ()) + settings.background
+        # Mounted in another App, this one's tasks are one more layer; the rest is the outer's.
+        outermost = SETTINGS not in scope
+        # The route leaves its request's run here, to start once the layers around it have
+        # returned: after the error response they send if the handler failed, and with none
+        # of their frames kept alive while a slow task runs.
+        waiting: list[Deferred] = []
+        if outermost:
+            scope[SETTINGS] = settings
+            scope[DEFERRED] = waiting
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # The scope leaves as it came, should it go on to another app after this one.
+            if layers is None:
+                scope.pop(LAYERS, None)
+            else:
+                scope[LAYERS] = layers
+            if outermost:
+                del scope[SETTINGS], scope[DEFERRED]
+                if waiting:
+                    await start_deferred(waiting)
 
 
 class Include(LilyaInclude):

@@ -11,10 +11,11 @@ import contextlib
 import contextvars
 import functools
 import math
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Any, Protocol, TypeAlias
 
 import anyio
 import anyio.from_thread
@@ -79,13 +80,50 @@ async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
         index += 1
 
 
-def detach(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """Hand a run to the app, which runs it as a task of its own from now on."""
+def task_in(
+    context: contextvars.Context, coroutine: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """A task running `coroutine` in `context` (before Python 3.11, in a copy of it)."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 11):
+        return loop.create_task(coroutine, context=context)
+    return context.run(loop.create_task, coroutine)
+
+
+def detach(
+    steps: Sequence[Callable[[], Awaitable[None]]], run: Run, context: contextvars.Context
+) -> None:
+    """Hand a run to the app, which runs it in `context`, a task of its own, from now on."""
     tracker = run.settings.tracker
     assert tracker is not None  # detaching is only on while an App's lifespan runs
-    context = contextvars.copy_context()
     context.run(_current.set, run)
-    tracker.start(run_in_order(steps), context)
+    tracker.start(task_in(context, run_in_order(steps)))
+
+
+Deferred: TypeAlias = tuple[Sequence[Callable[[], Awaitable[None]]], Run, contextvars.Context]
+
+
+async def start_deferred(runs: Sequence[Deferred]) -> None:
+    """Start the runs a request left for its App, once the App's layers have returned.
+
+    Each runs in the context it was handed over in, so its tasks see what the request's
+    middleware had set, though that middleware has returned. The server is still
+    waiting on the request for runs that are not detached.
+    """
+    for index, (steps, run, context) in enumerate(runs):
+        try:
+            if run.settings.detaching:
+                detach(steps, run, context)
+            else:
+                await task_in(context, run_steps(steps, run))
+        except BaseException:
+            for later_steps, later_run, _ in runs[index + 1 :]:
+                token = _current.set(later_run)
+                try:
+                    abandon(later_steps)
+                finally:
+                    _current.reset(token)
+            raise
 
 
 @contextlib.contextmanager
@@ -172,8 +210,10 @@ async def _attempt(
     for index, limiter in enumerate(held):
         try:
             await limiter.acquire_on_behalf_of(borrower)
-        except BaseException:
+        except BaseException as error:
             _give_back(held[:index], borrower)
+            if isinstance(error, asyncio.CancelledError):
+                emit("abandoned", task, run, attempt=attempt)  # cancelled, waiting for a slot
             raise
     emit("started", task, run, attempt=attempt, duration=time.monotonic() - run.sent_at)
     _notify_started(task)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from lilya.types import Message, Receive, Scope, Send
 
 from ._events import logger
@@ -39,15 +38,10 @@ class Tracker:
         self.runs.discard(run)
         self._changed()
 
-    def start(self, run: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
-        """Run a detached run's coroutine in `context`, as a task of its own, from now on."""
-        loop = asyncio.get_running_loop()
-        if sys.version_info >= (3, 11):
-            task = loop.create_task(run, context=context)
-        else:  # the task runs in a copy of the context it is created in
-            task = context.run(loop.create_task, run)
-        self.detached.add(task)
-        task.add_done_callback(self._finished)
+    def start(self, run: asyncio.Task[None]) -> None:
+        """Hold a detached run's task until it ends."""
+        self.detached.add(run)
+        run.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.detached.discard(task)
@@ -99,8 +93,11 @@ async def serve_lifespan(
         await app(scope, receive_then_drain, send)
     finally:
         settings.detaching = False
-        if tracker is not None:
-            tracker.cancel_detached()
+        if tracker is not None and tracker.detached:
+            # The lifespan ended without a shutdown to drain at (it failed, or was
+            # cancelled): the runs end now, still each logging what it abandons.
+            with anyio.CancelScope(shield=True):
+                await _cancel_detached(tracker)
 
 
 async def _drain(tracker: Tracker, timeout: float) -> None:
@@ -109,14 +106,23 @@ async def _drain(tracker: Tracker, timeout: float) -> None:
             "waiting up to %s s for the tasks of %d request(s)", timeout, tracker.in_flight()
         )
     with anyio.move_on_after(timeout):
-        # Waiting lets every detached run start, even at a timeout of 0, so that each one,
-        # once cancelled, logs its running task and those it had not started as abandoned.
         await tracker.wait_idle()
-    tracker.cancel_detached()
+    await _cancel_detached(tracker)
     # Runs inside a request's ASGI call belong to the server, which cancels them itself.
-    await tracker.wait_idle(detached_only=True)  # cancelled runs end at their next await
     if tracker.runs:
         logger.warning(
             "%d request(s) still run their tasks inside their ASGI calls; the server ends them",
             len(tracker.runs),
         )
+
+
+async def _cancel_detached(tracker: Tracker) -> None:
+    """Cancel the detached runs, again at each await, as an anyio cancel scope would, until
+    they have ended: a task may await in its own cleanup once cancelled."""
+    # Runs detached a moment ago start first, so that each one, once cancelled, logs its
+    # running task and those it had not started as abandoned.
+    await anyio.lowlevel.checkpoint()
+    while tracker.detached:
+        tracker.cancel_detached()
+        with anyio.move_on_after(0.05):
+            await tracker.wait_idle(detached_only=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import functools
+import contextvars
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -133,15 +133,24 @@ class _Endpoint:
             # say when; otherwise now, before the error propagates.
             steps = merge(declared, tasks, None)
             if steps:
-                await self.hand_over(scope, settings, steps, True)
+                await self.hand_over(scope, settings, steps, True, sent=False)
             raise
         return response, merge(declared, tasks, own)
 
     async def hand_over(
-        self, scope: Scope, settings: Settings, steps: tuple[Task, ...], failed: bool
+        self,
+        scope: Scope,
+        settings: Settings,
+        steps: tuple[Task, ...],
+        failed: bool,
+        *,
+        sent: bool = True,
     ) -> None:
-        """Give the merged steps to whoever runs them: a test, a task of their own, the
-        App around the routing layers once they have returned, or, without one, this call."""
+        """Give the merged steps to whoever runs them: a test, the App around the routing
+        layers once they have returned, a task of their own, or, without an App, this call.
+
+        `sent`: whether the response is out; a failed handler's is sent by outer layers.
+        """
         run = Run(scope, settings, failed)
         watcher = observer.get()
         if watcher is not None:
@@ -149,14 +158,13 @@ class _Endpoint:
             watcher.scheduled(run, label_sources(steps, layers, self.route.background))
             if watcher.capture:
                 return
-        if settings.detaching:
-            detach(steps, run)
-            return
         waiting = scope.get(DEFERRED)
         if waiting is None:
             await run_steps(steps, run)
+        elif settings.detaching and sent:
+            detach(steps, run, contextvars.copy_context())  # now: nothing else holds them
         else:
-            waiting.append(functools.partial(run_steps, steps, run))
+            waiting.append((steps, run, contextvars.copy_context()))
 
 
 def _check_route(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -81,7 +81,7 @@ class Run:
     def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
         self.method: str = scope.get("method", "-")
         self.path: str = scope.get("path", "-")
-        self._headers: list[tuple[bytes, bytes]] = scope.get("headers", ())
+        self._headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
         self.settings = settings
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeAlias
 
 import anyio
@@ -185,8 +185,10 @@ class BackgroundTask(Task):
             call = functools.partial(_then, call, on_thread_end)
         return anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
-    def __call__(self) -> Coroutine[Any, Any, None]:
-        return run_isolated(self)
+    async def __call__(self) -> None:
+        # A coroutine function, not a method returning run_isolated's coroutine, so that
+        # whatever asks whether a task is async (Lilya, when a task wraps another) is told so.
+        await run_isolated(self)
 
     def __repr__(self) -> str:
         return f"BackgroundTask({self.name})"

@@ -7,6 +7,10 @@ import anyio
 import anyio.to_thread
 import pytest
 from lilya.apps import Lilya
+from lilya.context import RequestContext
+from lilya.middleware import DefineMiddleware
+from lilya.middleware.request_context import RequestContextMiddleware
+from lilya.types import Message, Receive, Scope, Send
 
 from esm_tasks import (
     App,
@@ -21,7 +25,7 @@ from esm_tasks import (
 )
 from esm_tasks.testing import TestClient
 
-from .support import Events, errors
+from .support import Events, drive, errors
 
 pytestmark = pytest.mark.anyio
 
@@ -334,3 +338,56 @@ def test_an_async_event_subscriber_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"on_task_event=...\) is called as each event happens"):
         App(on_task_event=subscriber)
+
+
+async def test_default_mode_tasks_see_the_context_their_request_middleware_set() -> None:
+    events = Events()
+
+    async def task() -> None:
+        events.append(RequestContext.get_request().url.path)
+
+    @get("/ctx", background=task)
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], middleware=[DefineMiddleware(RequestContextMiddleware)])
+    await drive(app, "GET", "/ctx", events)
+    assert events == ["response started", "body sent", "/ctx"]
+
+
+def _appending_to(messages: list[Message]) -> Send:
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    return send
+
+
+class Cascade:
+    """Tries each app in turn with the same scope; the first that does not answer 404 wins."""
+
+    def __init__(self, *apps: App) -> None:
+        self.apps = apps
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for app in self.apps[:-1]:
+            held: list[Message] = []
+            await app(scope, receive, _appending_to(held))
+            if held and held[0]["status"] != 404:
+                for message in held:
+                    await send(message)
+                return
+        await self.apps[-1](scope, receive, send)
+
+
+async def test_a_scope_that_went_through_one_app_runs_the_tasks_of_the_next() -> None:
+    events = Events()
+
+    @post("/new", background=events.task("new app task"))
+    async def new() -> None: ...
+
+    @post("/legacy", background=events.task("legacy task"))
+    async def legacy() -> None: ...
+
+    first = App(routes=[new], background=events.task("first app task"))
+    app = Cascade(first, App(routes=[legacy]))
+    await drive(app, "POST", "/legacy", events)  # type: ignore[arg-type]
+    assert events == ["response started", "body sent", "legacy task"]

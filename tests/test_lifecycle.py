@@ -1,15 +1,19 @@
 """The task lifecycle: detached mode, tracking runs in flight, and draining at shutdown."""
 
+import asyncio
 import logging
 
 import anyio
 import pytest
+from lilya.exceptions import HTTPException
+from lilya.requests import Request
+from lilya.responses import PlainText
 from lilya.types import Message
 
-from esm_tasks import App, BackgroundTasks, get, post
+from esm_tasks import App, BackgroundTask, BackgroundTasks, get, post
 from esm_tasks.testing import TestClient
 
-from .support import Events, errors, http_scope, lifespan
+from .support import Events, drive, errors, http_scope, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +176,128 @@ async def test_shutdown_does_not_wait_for_tasks_the_server_owns(
     assert warnings == [
         "1 request(s) still run their tasks inside their ASGI calls; the server ends them"
     ]
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in the request"])
+async def test_error_tasks_start_after_an_error_response_that_takes_its_time(
+    detach: bool,
+) -> None:
+    events = Events()
+    done = anyio.Event()
+
+    async def on_error() -> None:
+        events.append("error task")
+        done.set()
+
+    @post("/f", background=BackgroundTask(on_error).with_policy(when="error"))
+    async def handler() -> None:
+        raise HTTPException(status_code=409)
+
+    async def error_page(request: Request, exc: Exception) -> PlainText:
+        await anyio.sleep(0)  # an error page that awaits something before it is sent
+        return PlainText("conflict", status_code=409)
+
+    app = App(routes=[handler], detach_tasks=detach, exception_handlers={HTTPException: error_page})
+    async with lifespan(app):
+        await drive(app, "POST", "/f", events)
+        with anyio.fail_after(10):
+            await done.wait()
+    assert events == ["response started", "body sent", "error task"]
+
+
+async def test_shutdown_ends_a_cancelled_task_that_awaits_in_its_cleanup(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    running = anyio.Event()
+
+    async def closes_slowly() -> None:
+        try:
+            running.set()
+            await anyio.sleep_forever()
+        finally:
+            await anyio.sleep(3600)  # say, saying goodbye to a peer that has gone away
+
+    @post("/s", background=[closes_slowly, events.task("next")])
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], detach_tasks=True, shutdown_timeout=0.05)
+    with anyio.fail_after(10):  # the drain ends although the task awaits once cancelled
+        async with lifespan(app), TestClient(app) as client:
+            await client.post("/s")
+            await running.wait()
+    assert events == []
+    names = [r.task_name.rsplit(".", 1)[-1] for r in errors(task_log)]  # type: ignore[attr-defined]
+    assert names == ["closes_slowly", "next"]
+
+
+async def test_a_task_waiting_for_a_slot_at_shutdown_is_logged_as_abandoned(
+    task_log: list[logging.LogRecord],
+) -> None:
+    running = anyio.Event()
+
+    async def holds_the_slot() -> None:
+        running.set()
+        await anyio.sleep_forever()
+
+    async def waits_for_it() -> None: ...
+
+    @post("/a", background=holds_the_slot)
+    async def first() -> None: ...
+
+    @post("/b", background=waits_for_it)
+    async def second() -> None: ...
+
+    app = App(
+        routes=[first, second], detach_tasks=True, shutdown_timeout=0.05, max_concurrent_tasks=1
+    )
+    async with lifespan(app), TestClient(app) as client:
+        await client.post("/a")
+        await running.wait()
+        await client.post("/b")
+    names = sorted(r.task_name.rsplit(".", 1)[-1] for r in errors(task_log))  # type: ignore[attr-defined]
+    assert names == ["holds_the_slot", "waits_for_it"]
+
+
+async def test_runs_still_detached_when_the_lifespan_is_cancelled_log_their_tasks(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    server_gone = asyncio.Event()
+    startup: list[Message] = [{"type": "lifespan.startup"}]
+
+    async def hangs() -> None:
+        await anyio.sleep_forever()
+
+    @get("/late", background=[hangs, events.task("second")])
+    async def late() -> None: ...
+
+    app = App(routes=[late], detach_tasks=True)
+
+    async def lifespan_receive() -> Message:
+        if startup:
+            return startup.pop()
+        await server_gone.wait()
+        # Cancelled where it waits, in the same turn of the loop as the request's run is
+        # handed over: no shutdown message, so no drain, and the run has not started yet.
+        raise asyncio.CancelledError
+
+    async def lifespan_send(message: Message) -> None: ...
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            server_gone.set()
+
+    lifespan_scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    lifespan_task = asyncio.ensure_future(app(lifespan_scope, lifespan_receive, lifespan_send))
+    await asyncio.sleep(0)  # the lifespan starts
+    await app(http_scope("GET", "/late"), receive, send)
+    with anyio.fail_after(10), pytest.raises(asyncio.CancelledError):
+        await lifespan_task
+    names = [r.task_name.rsplit(".", 1)[-1] for r in errors(task_log)]  # type: ignore[attr-defined]
+    assert names == ["hangs", "second"]
+    assert events == []
+    assert not app.task_settings.tracker.detached  # type: ignore[union-attr]

@@ -122,6 +122,20 @@ async def test_async_and_sync_functions_run_with_their_arguments() -> None:
     assert seen == [((1,), {"b": 2}), ("x", False)]
 
 
+async def test_a_task_given_as_the_function_of_another_task_runs() -> None:
+    seen: list[str] = []
+
+    async def inner() -> None:
+        seen.append("inner")
+
+    prebuilt = BackgroundTask(inner)
+    collection = BackgroundTasks()
+    collection.add_task(prebuilt)  # a task is an async callable like any other
+    await collection()
+    await Tasks([Task(prebuilt)])()  # and Lilya, asked whether it is async, says so
+    assert seen == ["inner", "inner"]
+
+
 async def test_sequence_runs_in_order_and_nests() -> None:
     seen: list[str] = []
 
