@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
 from ._events import TaskEvent
-from ._execution import Deferred, start_deferred
+from ._execution import Deferred, abandon_runs, start_deferred
 from ._lifecycle import Tracker, serve_lifespan
 from ._run import DEFERRED, LAYERS, SETTINGS, Settings
 from ._tasks import BackgroundSpec, to_steps
@@ -106,15 +107,18 @@ class App(Lilya):
             scope[LAYERS] = (layers or ()) + settings.background
         # Mounted in another App, this one's tasks are one more layer; the rest is the outer's.
         outermost = SETTINGS not in scope
-        # The route leaves its request's run here, to start once the layers around it have
-        # returned: after the error response they send if the handler failed, and with none
-        # of their frames kept alive while a slow task runs.
+        # A route whose handler failed leaves its run here, to start once the error
+        # response, which the layers around the route send, is out.
         waiting: list[Deferred] = []
         if outermost:
             scope[SETTINGS] = settings
             scope[DEFERRED] = waiting
+        cancelled = False
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            cancelled = True  # the server ends the request: its runs will not start
+            raise
         finally:
             # The scope leaves as it came, should it go on to another app after this one.
             if layers is None:
@@ -123,7 +127,9 @@ class App(Lilya):
                 scope[LAYERS] = layers
             if outermost:
                 del scope[SETTINGS], scope[DEFERRED]
-                if waiting:
+                if cancelled:
+                    abandon_runs(waiting)
+                elif waiting:
                     await start_deferred(waiting)
 
 

@@ -146,8 +146,8 @@ class _Endpoint:
         *,
         sent: bool = True,
     ) -> None:
-        """Give the merged steps to whoever runs them: a test, the App around the routing
-        layers once they have returned, a task of their own, or, without an App, this call.
+        """Give the merged steps to whoever runs them: a test, a task of their own, this
+        call, or, if the response is not out yet, the App once its layers have sent it.
 
         `sent`: whether the response is out; a failed handler's is sent by outer layers.
         """
@@ -159,10 +159,10 @@ class _Endpoint:
             if watcher.capture:
                 return
         waiting = scope.get(DEFERRED)
-        if waiting is None:
+        if sent and settings.detaching:
+            detach(steps, run, contextvars.copy_context())
+        elif sent or waiting is None:
             await run_steps(steps, run)
-        elif settings.detaching and sent:
-            detach(steps, run, contextvars.copy_context())  # now: nothing else holds them
         else:
             waiting.append((steps, run, contextvars.copy_context()))
 

@@ -68,33 +68,6 @@ async def test_the_body_comes_first_behind_middleware_too() -> None:
     assert events[-3:] == ["declared task", "added task", "response task"]
 
 
-class Returning:
-    """A pure ASGI middleware that notes when the app it wraps has returned."""
-
-    def __init__(self, app: ASGIApp, events: Events) -> None:
-        self.app = app
-        self.events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-        self.events.append("middleware returned")
-
-
-async def test_in_an_app_tasks_start_once_its_layers_have_returned_and_end_with_its_call() -> None:
-    events = Events()
-    app = _app(events, middleware=[DefineMiddleware(Returning, events=events)])
-    await drive(app, "POST", "/work", events)  # the ASGI call returns with its tasks done
-    assert events == [
-        "handler",
-        "response started",
-        "body sent",
-        "middleware returned",  # so the app's frames are not held while tasks run
-        "declared task",
-        "added task",
-        "response task",
-    ]
-
-
 async def test_streaming_tasks_wait_for_the_end_of_the_stream() -> None:
     events = Events()
 

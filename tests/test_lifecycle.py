@@ -6,9 +6,10 @@ import logging
 import anyio
 import pytest
 from lilya.exceptions import HTTPException
+from lilya.middleware import DefineMiddleware
 from lilya.requests import Request
 from lilya.responses import PlainText
-from lilya.types import Message
+from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, get, post
 from esm_tasks.testing import TestClient
@@ -150,6 +151,43 @@ async def test_a_run_cancelled_by_the_server_logs_every_unfinished_task(
         "a",
         "b",
     ]
+
+
+class LingersAfterTheRoute:
+    """Middleware that waits after the routing layers have returned, until cancelled."""
+
+    def __init__(self, app: ASGIApp, returned: anyio.Event) -> None:
+        self.app = app
+        self.returned = returned
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+        self.returned.set()
+        await anyio.sleep_forever()
+
+
+async def test_a_request_cancelled_before_its_error_tasks_start_logs_them_as_abandoned(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    returned = anyio.Event()
+    on_error = [
+        BackgroundTask(events.task(label)).with_policy(when="error") for label in ("a", "b")
+    ]
+
+    @post("/c", background=on_error)
+    async def handler() -> None:
+        raise HTTPException(status_code=409)
+
+    middleware = [DefineMiddleware(LingersAfterTheRoute, returned=returned)]
+    app = App(routes=[handler], middleware=middleware)
+    request = asyncio.ensure_future(drive(app, "POST", "/c", events))
+    await returned.wait()  # the error response is out; the App has not started the run
+    request.cancel()  # once, as asyncio servers do: no later await is cancelled again
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert events == ["response started", "body sent"]
+    assert [r.task_name for r in errors(task_log)] == ["a", "b"]  # type: ignore[attr-defined]
 
 
 async def test_shutdown_does_not_wait_for_tasks_the_server_owns(
