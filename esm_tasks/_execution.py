@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, cast
 
 import anyio
 import anyio.from_thread
@@ -93,11 +93,22 @@ def task_in(
 def detach(
     steps: Sequence[Callable[[], Awaitable[None]]], run: Run, context: contextvars.Context
 ) -> None:
-    """Hand a run to the app, which runs it in `context`, a task of its own, from now on."""
+    """Hand a run to the app, which runs it in `context`, a task of its own, from now on.
+
+    Everything the run keeps alive, it keeps for as long as its slowest task runs, and
+    every garbage collection walks it: so a run of one task, the usual case, is that
+    task alone, told its run directly rather than through a context variable.
+    """
     tracker = run.settings.tracker
     assert tracker is not None  # detaching is only on while an App's lifespan runs
-    context.run(_current.set, run)
-    tracker.start(task_in(context, run_in_order(steps)))
+    run.let_go_of_the_request()
+    step = steps[0]
+    if len(steps) == 1 and hasattr(step, "invoke"):
+        coroutine = run_isolated(cast("NamedTask", step), run)
+    else:
+        context.run(_current.set, run)
+        coroutine = run_in_order(steps)
+    tracker.start(task_in(context, coroutine))
 
 
 Deferred: TypeAlias = tuple[Sequence[Callable[[], Awaitable[None]]], Run, contextvars.Context]
@@ -168,9 +179,12 @@ def abandon(steps: Iterable[object]) -> None:
             emit("abandoned", step, run)
 
 
-async def run_isolated(task: NamedTask) -> None:
-    """Run one task under its policy; no exception it raises goes further."""
-    run = _current.get() or _OUTSIDE
+async def run_isolated(task: NamedTask, run: Run | None = None) -> None:
+    """Run one task under its policy; no exception it raises goes further.
+
+    `run`: the run it belongs to, when not the current one.
+    """
+    run = run or _current.get() or _OUTSIDE
     policy: TaskPolicy = getattr(task, "policy", DEFAULT_POLICY)
     if not (policy is DEFAULT_POLICY and run.simple):
         await _run_with_policy(task, policy, run)

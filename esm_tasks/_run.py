@@ -93,13 +93,23 @@ class Run:
     def request_id(self) -> str:
         """The request's X-Request-ID header, or an id made for it on first use."""
         if self._request_id is None:
-            for name, value in self._headers:
-                if name == b"x-request-id":
-                    self._request_id = value.decode("latin-1")
-                    break
-            else:
+            self._read_request_id()
+            if self._request_id is None:
                 self._request_id = uuid.uuid4().hex[:16]
         return self._request_id
+
+    def let_go_of_the_request(self) -> None:
+        """Read the request id now, so as not to keep the request's headers as long as the
+        run lives on after its request."""
+        if self._request_id is None:
+            self._read_request_id()
+        self._headers = ()
+
+    def _read_request_id(self) -> None:
+        for name, value in self._headers:
+            if name == b"x-request-id":
+                self._request_id = value.decode("latin-1")
+                return
 
 
 # Scope keys an esm_tasks App sets for its requests; copies of a scope share their values.
