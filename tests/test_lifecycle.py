@@ -11,7 +11,7 @@ from lilya.requests import Request
 from lilya.responses import PlainText
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from esm_tasks import App, BackgroundTask, BackgroundTasks, get, post
+from esm_tasks import App, BackgroundTask, BackgroundTasks, TaskEvent, get, post
 from esm_tasks.testing import TestClient
 
 from .support import Events, drive, errors, http_scope, lifespan
@@ -339,3 +339,32 @@ async def test_runs_still_detached_when_the_lifespan_is_cancelled_log_their_task
     assert names == ["hangs", "second"]
     assert events == []
     assert not app.task_settings.tracker.detached  # type: ignore[union-attr]
+
+
+async def test_a_detached_task_that_fails_is_reported_with_its_request() -> None:
+    reported: list[TaskEvent] = []
+    failed = anyio.Event()
+
+    async def send_invoice() -> None:
+        raise ConnectionError("mail server unreachable")
+
+    def on_error(event: TaskEvent) -> None:
+        reported.append(event)
+        failed.set()
+
+    @post("/orders", background=send_invoice)
+    async def order() -> None: ...
+
+    app = App(routes=[order], detach_tasks=True, on_task_error=on_error)
+    async with lifespan(app), TestClient(app) as client:
+        await client.post("/orders", headers={"x-request-id": "req-42"})
+        with anyio.fail_after(10):
+            await failed.wait()
+    [event] = reported
+    assert (event.kind, event.name, event.method, event.path, event.request_id) == (
+        "failed",
+        "test_a_detached_task_that_fails_is_reported_with_its_request.<locals>.send_invoice",
+        "POST",
+        "/orders",
+        "req-42",
+    )
