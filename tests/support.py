@@ -38,6 +38,11 @@ def errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
     return [record for record in records if record.levelno >= logging.ERROR]
 
 
+def failed_task_names(records: list[logging.LogRecord]) -> list[str]:
+    """The short names of the tasks logged at ERROR, in the order logged."""
+    return [record.task_name.rsplit(".", 1)[-1] for record in errors(records)]  # type: ignore[attr-defined]
+
+
 @dataclass
 class Reply:
     status: int = 0

@@ -14,7 +14,7 @@ from lilya.types import ASGIApp, Message, Receive, Scope, Send
 from esm_tasks import App, BackgroundTask, BackgroundTasks, TaskEvent, get, post
 from esm_tasks.testing import TestClient
 
-from .support import Events, drive, errors, http_scope, lifespan
+from .support import Events, drive, errors, failed_task_names, http_scope, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -122,7 +122,7 @@ async def test_a_run_detached_as_shutdown_begins_still_logs_its_tasks_as_abandon
         with anyio.fail_after(10):
             await app(http_scope("GET", "/late"), receive, send)
             assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
-    names = [r.task_name.rsplit(".", 1)[-1] for r in errors(task_log)]  # type: ignore[attr-defined]
+    names = failed_task_names(task_log)
     assert names == ["hangs", "second"]
     assert events == []
     assert not app.task_settings.tracker.detached  # type: ignore[union-attr]
@@ -265,7 +265,7 @@ async def test_shutdown_ends_a_cancelled_task_that_awaits_in_its_cleanup(
             await client.post("/s")
             await running.wait()
     assert events == []
-    names = [r.task_name.rsplit(".", 1)[-1] for r in errors(task_log)]  # type: ignore[attr-defined]
+    names = failed_task_names(task_log)
     assert names == ["closes_slowly", "next"]
 
 
@@ -293,7 +293,7 @@ async def test_a_task_waiting_for_a_slot_at_shutdown_is_logged_as_abandoned(
         await client.post("/a")
         await running.wait()
         await client.post("/b")
-    names = sorted(r.task_name.rsplit(".", 1)[-1] for r in errors(task_log))  # type: ignore[attr-defined]
+    names = sorted(failed_task_names(task_log))
     assert names == ["holds_the_slot", "waits_for_it"]
 
 
@@ -335,7 +335,7 @@ async def test_runs_still_detached_when_the_lifespan_is_cancelled_log_their_task
     await app(http_scope("GET", "/late"), receive, send)
     with anyio.fail_after(10), pytest.raises(asyncio.CancelledError):
         await lifespan_task
-    names = [r.task_name.rsplit(".", 1)[-1] for r in errors(task_log)]  # type: ignore[attr-defined]
+    names = failed_task_names(task_log)
     assert names == ["hangs", "second"]
     assert events == []
     assert not app.task_settings.tracker.detached  # type: ignore[union-attr]
