@@ -13,7 +13,7 @@ from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
 from ._events import TaskEvent
-from ._execution import Deferred, abandon_runs, start_deferred
+from ._execution import Handover
 from ._lifecycle import Tracker, serve_lifespan
 from ._run import DEFERRED, LAYERS, SETTINGS, Settings
 from ._tasks import BackgroundSpec, to_steps
@@ -90,29 +90,30 @@ class App(Lilya):
         super().__init__(*args, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._serve(scope, receive, send)
-        elif kind == "lifespan":
-            await serve_lifespan(
-                super().__call__, self.task_settings, self.shutdown_timeout, scope, receive, send
-            )
-        else:
-            await super().__call__(scope, receive, send)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await serve_lifespan(
+                    super().__call__,
+                    self.task_settings,
+                    self.shutdown_timeout,
+                    scope,
+                    receive,
+                    send,
+                )
+            else:
+                await super().__call__(scope, receive, send)
+            return
         settings = self.task_settings
         layers = scope.get(LAYERS)
         if settings.background:
             scope[LAYERS] = (layers or ()) + settings.background
         # Mounted in another App, this one's tasks are one more layer; the rest is the outer's.
         outermost = SETTINGS not in scope
-        # A route whose handler failed leaves its run here, to start once the error
-        # response, which the layers around the route send, is out.
-        waiting: list[Deferred] = []
+        handover = Handover(send)
         if outermost:
             scope[SETTINGS] = settings
-            scope[DEFERRED] = waiting
+            scope[DEFERRED] = handover
+            send = handover.send_and_watch
         cancelled = False
         try:
             await super().__call__(scope, receive, send)
@@ -127,10 +128,8 @@ class App(Lilya):
                 scope[LAYERS] = layers
             if outermost:
                 del scope[SETTINGS], scope[DEFERRED]
-                if cancelled:
-                    abandon_runs(waiting)
-                elif waiting:
-                    await start_deferred(waiting)
+                if handover.runs:  # no body left the App (the client left, or the app raised)
+                    await handover.close(cancelled)
 
 
 class Include(LilyaInclude):

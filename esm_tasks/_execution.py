@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeAlias, cast
 import anyio
 import anyio.from_thread
 from lilya.background import Task
-from lilya.types import Scope
+from lilya.types import Message, Scope, Send
 
 from ._events import EventKind, TaskEvent, emit, report_failure
 from ._policy import DEFAULT_POLICY, TaskPolicy
@@ -118,7 +118,7 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
     """Start the runs a request left for its App, once the App's layers have returned.
 
     Each runs with the context variables it was handed over with, so its tasks see what
-    the request's middleware had set, as the tasks of a request that succeeded do.
+    the request's middleware had set, though that middleware has returned.
     """
     for index, (steps, run, context) in enumerate(runs):
         try:
@@ -134,6 +134,44 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
         except BaseException:
             abandon_runs(runs[index + 1 :])  # cancelled: they will never start
             raise
+
+
+class Handover:
+    """In an App, where a request's run waits until the response has left the App.
+
+    A middleware may hold the response back until the route returns, to rewrite or sign
+    it; the route then hands over before the body is out, and the run waits here until
+    the App passes the last body message to the server, and starts right after, in the
+    middleware's own call. If no body goes out (the client left, the app raised), the
+    run starts when the App's call ends.
+    """
+
+    __slots__ = ("out", "runs", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send  # the App's own: what it passes on has left the App
+        self.out = False  # whether the last body message has left the App
+        self.runs: list[Deferred] = []
+
+    def send_and_watch(self, message: Message) -> Awaitable[None]:
+        """The App's layers' `send`. Only the last body message costs a frame of ours."""
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            return self._send_last(message)
+        return self.send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        await self.send(message)
+        self.out = True
+        if self.runs:
+            runs, self.runs = self.runs, []
+            await start_deferred(runs)
+
+    async def close(self, cancelled: bool) -> None:
+        runs, self.runs = self.runs, []
+        if cancelled:
+            abandon_runs(runs)
+        elif runs:
+            await start_deferred(runs)
 
 
 def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contextvars.Token[Any]]]:

@@ -146,10 +146,11 @@ class _Endpoint:
         *,
         sent: bool = True,
     ) -> None:
-        """Give the merged steps to whoever runs them: a test, a task of their own, this
-        call, or, if the response is not out yet, the App once its layers have sent it.
+        """Give the merged steps to whoever runs them: a test; in an App, once the response
+        has left it, a task of their own or this call; without an App, this call.
 
-        `sent`: whether the response is out; a failed handler's is sent by outer layers.
+        `sent`: whether the route's response is out (a failed handler's is sent by the
+        layers around it). See `Handover` for a response held back on its way out.
         """
         run = Run(scope, settings, failed)
         watcher = observer.get()
@@ -158,13 +159,13 @@ class _Endpoint:
             watcher.scheduled(run, label_sources(steps, layers, self.route.background))
             if watcher.capture:
                 return
-        waiting = scope.get(DEFERRED)
-        if sent and settings.detaching:
+        handover = scope.get(DEFERRED)
+        if handover is not None and not (sent and handover.out):
+            handover.runs.append((steps, run, contextvars.copy_context()))
+        elif settings.detaching:
             detach(steps, run, contextvars.copy_context())
-        elif sent or waiting is None:
-            await run_steps(steps, run)
         else:
-            waiting.append((steps, run, contextvars.copy_context()))
+            await run_steps(steps, run)
 
 
 def _check_route(

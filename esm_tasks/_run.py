@@ -115,7 +115,7 @@ class Run:
 # Scope keys an esm_tasks App sets for its requests; copies of a scope share their values.
 SETTINGS = "esm_tasks.settings"  # the outermost App's Settings
 LAYERS = "esm_tasks.layers"  # ("app" | "include", task) pairs, outermost first
-DEFERRED = "esm_tasks.deferred"  # jobs to run once the request's response is out
+DEFERRED = "esm_tasks.deferred"  # the request's Handover: where its run waits for the response
 
 
 def settings_of(scope: Scope) -> Settings:

@@ -292,17 +292,24 @@ def to_steps(spec: BackgroundSpec, where: str) -> list[Task]:
 def _flatten(spec: BackgroundSpec, where: str, steps: list[Task]) -> None:
     kind = type(spec)
     if kind is types.FunctionType:  # the usual sugar: a function that needs no arguments
-        try:
-            steps.append(BackgroundTask(spec))  # type: ignore[arg-type]
-        except TypeError:
-            steps.append(_one_step(spec, where))  # raises, saying where
+        steps.append(_from_function(spec, where))  # type: ignore[arg-type]
     elif kind is BackgroundTask or isinstance(spec, (BackgroundTask, BackgroundTasks)):
         steps.append(spec)  # type: ignore[arg-type]
     elif isinstance(spec, (list, tuple)):
-        for item in spec:
-            _flatten(item, where, steps)
+        for item in spec:  # the usual items handled here, without a call of their own
+            if type(item) is types.FunctionType:
+                steps.append(_from_function(item, where))
+            else:
+                _flatten(item, where, steps)
     elif spec is not None:
         steps.append(_one_step(spec, where))
+
+
+def _from_function(func: Callable[[], Any], where: str) -> Task:
+    try:
+        return BackgroundTask(func)
+    except TypeError:
+        return _one_step(func, where)  # raises, saying where
 
 
 def _one_step(spec: object, where: str) -> Task:

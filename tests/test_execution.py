@@ -68,6 +68,40 @@ async def test_the_body_comes_first_behind_middleware_too() -> None:
     assert events[-3:] == ["declared task", "added task", "response task"]
 
 
+class Buffering:
+    """A middleware that sends the response on only once the app it wraps has returned."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        held: list[dict[str, object]] = []
+
+        async def hold(message: dict[str, object]) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        for message in held:
+            await send(message)
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["response", "error response"])
+async def test_the_body_comes_first_behind_a_middleware_that_holds_the_response(
+    failing: bool,
+) -> None:
+    events = Events()
+    declared = BackgroundTask(events.task("declared task")).with_policy(when="always")
+
+    @post("/work", background=declared)
+    async def work() -> None:
+        if failing:
+            raise HTTPException(status_code=409)
+
+    app = App(routes=[work], middleware=[DefineMiddleware(Buffering)])
+    await drive(app, "POST", "/work", events)  # the ASGI call returns with its tasks done
+    assert events == ["response started", "body sent", "declared task"]
+
+
 async def test_streaming_tasks_wait_for_the_end_of_the_stream() -> None:
     events = Events()
 
