@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 import anyio
 import anyio.from_thread
@@ -25,6 +25,9 @@ from lilya.types import Message, Scope, Send
 from ._events import EventKind, TaskEvent, emit, report_failure
 from ._policy import DEFAULT_POLICY, TaskPolicy
 from ._run import DEFAULT_SETTINGS, Run, settings_of
+
+if TYPE_CHECKING:
+    from ._lifecycle import Tracker
 
 
 class NamedTask(Protocol):
@@ -93,22 +96,31 @@ def task_in(
 def detach(
     steps: Sequence[Callable[[], Awaitable[None]]], run: Run, context: contextvars.Context
 ) -> None:
-    """Hand a run to the app, which runs it in `context`, a task of its own, from now on.
-
-    Everything the run keeps alive, it keeps for as long as its slowest task runs, and
-    every garbage collection walks it: so a run of one task, the usual case, is that
-    task alone, told its run directly rather than through a context variable.
-    """
+    """Hand a run to the app, which runs it in `context`, a task of its own, from now on."""
     tracker = run.settings.tracker
     assert tracker is not None  # detaching is only on while an App's lifespan runs
-    run.let_go_of_the_request()
-    step = steps[0]
-    if len(steps) == 1 and hasattr(step, "invoke"):
-        coroutine = run_isolated(cast("NamedTask", step), run)
-    else:
-        context.run(_current.set, run)
-        coroutine = run_in_order(steps)
-    tracker.start(task_in(context, coroutine))
+    run.let_go_of_the_request()  # it outlives its request: so should not the headers
+    context.run(_current.set, run)
+    tracker.start(task_in(context, _run_detached(steps, run, tracker)))
+
+
+async def _run_detached(
+    steps: Sequence[Callable[[], Awaitable[None]]], run: Run, tracker: Tracker
+) -> None:
+    # A cancel scope of its own, which the drain cancels: cancellation then reaches every
+    # await of the run but those it shields itself, as in an anyio task group.
+    with anyio.CancelScope() as scope:
+        tracker.scopes.add(scope)
+        try:
+            step = steps[0]
+            if len(steps) == 1 and hasattr(step, "invoke"):
+                # One task, the usual case: no step loop and no call of the task around it,
+                # which would stay alive, and be walked by every collection, while it runs.
+                await run_isolated(cast("NamedTask", step), run)
+            else:
+                await run_in_order(steps)
+        finally:
+            tracker.scopes.discard(scope)
 
 
 Deferred: TypeAlias = tuple[Sequence[Callable[[], Awaitable[None]]], Run, contextvars.Context]

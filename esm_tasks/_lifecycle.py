@@ -19,16 +19,17 @@ if TYPE_CHECKING:
 class Tracker:
     """The runs of an app's requests whose tasks have not finished yet.
 
-    Detached runs are bare asyncio tasks held here. An anyio task group would hold
-    each of them with some fifteen more objects (a handle, its events, a cancel
-    scope), all kept alive while a slow task runs, and every garbage collection of
-    the process walks them; the group's one service needed here, cancelling them
+    Detached runs are bare asyncio tasks held here, each in a cancel scope of its own.
+    An anyio task group would hold each of them with a dozen more objects (a handle,
+    its events), all kept alive while a slow task runs, and every garbage collection
+    of the process walks them; the group's one service needed here, cancelling them
     all at shutdown, is `cancel_detached`.
     """
 
     def __init__(self) -> None:
         self.runs: set[Run] = set()  # runs inside their request's ASGI call
         self.detached: set[asyncio.Task[None]] = set()
+        self.scopes: set[anyio.CancelScope] = set()  # those of the detached runs under way
         self._idle: anyio.Event | None = None
 
     def add(self, run: Run) -> None:
@@ -61,8 +62,8 @@ class Tracker:
             await self._idle.wait()
 
     def cancel_detached(self) -> None:
-        for task in self.detached:
-            task.cancel()
+        for scope in self.scopes:
+            scope.cancel()
 
 
 async def serve_lifespan(
@@ -117,12 +118,9 @@ async def _drain(tracker: Tracker, timeout: float) -> None:
 
 
 async def _cancel_detached(tracker: Tracker) -> None:
-    """Cancel the detached runs, again at each await, as an anyio cancel scope would, until
-    they have ended: a task may await in its own cleanup once cancelled."""
-    # Runs detached a moment ago start first, so that each one, once cancelled, logs its
-    # running task and those it had not started as abandoned.
+    """Cancel the detached runs and wait for them to end."""
+    # Runs detached a moment ago start first, and open the scope this cancels, so that
+    # each one logs its running task and those it had not started as abandoned.
     await anyio.lowlevel.checkpoint()
-    while tracker.detached:
-        tracker.cancel_detached()
-        with anyio.move_on_after(0.05):
-            await tracker.wait_idle(detached_only=True)
+    tracker.cancel_detached()
+    await tracker.wait_idle(detached_only=True)

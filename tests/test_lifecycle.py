@@ -5,6 +5,7 @@ import logging
 
 import anyio
 import pytest
+from lilya.background import Task as LilyaTask
 from lilya.exceptions import HTTPException
 from lilya.middleware import DefineMiddleware
 from lilya.requests import Request
@@ -369,3 +370,57 @@ async def test_a_detached_task_that_fails_is_reported_with_its_request() -> None
         "/orders",
         "req-42",
     )
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["in the request", "detached"])
+async def test_a_task_wrapping_a_group_reports_its_members_with_their_request(
+    detach: bool,
+) -> None:
+    reported: list[TaskEvent] = []
+    failed = anyio.Event()
+
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    async def works() -> None: ...
+
+    def on_error(event: TaskEvent) -> None:
+        reported.append(event)
+        failed.set()
+
+    group = BackgroundTasks([fails, works], as_group=True)
+
+    @post("/orders", background=LilyaTask(group))  # a plain Lilya task around the group
+    async def order() -> None: ...
+
+    app = App(routes=[order], detach_tasks=detach, on_task_error=on_error)
+    async with lifespan(app), TestClient(app) as client:
+        await client.post("/orders", headers={"x-request-id": "req-42"})
+        with anyio.fail_after(10):
+            await failed.wait()
+    [event] = reported
+    assert (event.method, event.path, event.request_id) == ("POST", "/orders", "req-42")
+
+
+async def test_shutdown_lets_a_detached_task_finish_its_shielded_cleanup() -> None:
+    events = Events()
+    running = anyio.Event()
+
+    async def closes_politely() -> None:
+        try:
+            running.set()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.05)
+                events.append("cleaned up")
+
+    @post("/s", background=closes_politely)
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], detach_tasks=True, shutdown_timeout=0.05)
+    with anyio.fail_after(10):
+        async with lifespan(app), TestClient(app) as client:
+            await client.post("/s")
+            await running.wait()
+    assert events == ["cleaned up"]
