@@ -226,7 +226,9 @@ def abandon(steps: Iterable[object]) -> None:
         if members is not None:
             abandon(members())
         elif hasattr(step, "name") and hasattr(step, "invoke"):
-            emit("abandoned", step, run)
+            policy: TaskPolicy = getattr(step, "policy", DEFAULT_POLICY)
+            if run.failed is None or policy.applies(run.failed):  # else it would not have run
+                emit("abandoned", step, run)
 
 
 async def run_isolated(task: NamedTask, run: Run | None = None) -> None:

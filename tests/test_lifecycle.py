@@ -192,6 +192,28 @@ async def test_a_request_cancelled_before_its_response_is_out_logs_its_tasks_as_
     assert [r.task_name for r in errors(task_log)] == ["a", "b"]  # type: ignore[attr-defined]
 
 
+async def test_a_failed_request_cancelled_early_does_not_report_tasks_that_would_not_run(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    returned = anyio.Event()
+    on_error = BackgroundTask(events.task("on error")).with_policy(when="error")
+
+    @post("/c", background=[events.task("on success"), on_error])
+    async def handler() -> None:
+        raise HTTPException(status_code=409)
+
+    middleware = [DefineMiddleware(HoldsTheResponse, returned=returned)]
+    app = App(routes=[handler], middleware=middleware)
+    request = asyncio.ensure_future(drive(app, "POST", "/c", events))
+    await returned.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert events == []
+    assert failed_task_names(task_log) == ["on error"]
+
+
 async def test_shutdown_does_not_wait_for_tasks_the_server_owns(
     task_log: list[logging.LogRecord],
 ) -> None:
