@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 import anyio
 import anyio.from_thread
@@ -113,10 +113,10 @@ async def _run_detached(
         tracker.scopes.add(scope)
         try:
             step = steps[0]
-            if len(steps) == 1 and hasattr(step, "invoke"):
+            if len(steps) == 1 and _is_task(step):
                 # One task, the usual case: no step loop and no call of the task around it,
                 # which would stay alive, and be walked by every collection, while it runs.
-                await run_isolated(cast("NamedTask", step), run)
+                await run_isolated(step, run)
             else:
                 await run_in_order(steps)
         finally:
@@ -201,11 +201,7 @@ _UNSET = object()
 def abandon_runs(runs: Sequence[Deferred]) -> None:
     """Report every task of runs that will never start."""
     for steps, run, _ in runs:
-        token = _current.set(run)
-        try:
-            abandon(steps)
-        finally:
-            _current.reset(token)
+        abandon(steps, run)
 
 
 @contextlib.contextmanager
@@ -218,17 +214,23 @@ def in_request(scope: Scope, failed: bool | None = None) -> Iterator[None]:
         _current.reset(token)
 
 
-def abandon(steps: Iterable[object]) -> None:
-    """Report tasks that will never start because their run was cancelled."""
-    run = _current.get() or _OUTSIDE
+def abandon(steps: Iterable[object], run: Run | None = None) -> None:
+    """Report tasks that will never start because their run (by default, the current
+    one) was cancelled."""
+    run = run or _current.get() or _OUTSIDE
     for step in steps:
         members = getattr(step, "members", None)
         if members is not None:
-            abandon(members())
-        elif hasattr(step, "name") and hasattr(step, "invoke"):
+            abandon(members(), run)
+        elif _is_task(step):
             policy: TaskPolicy = getattr(step, "policy", DEFAULT_POLICY)
             if run.failed is None or policy.applies(run.failed):  # else it would not have run
                 emit("abandoned", step, run)
+
+
+def _is_task(step: object) -> TypeGuard[NamedTask]:
+    """Whether a step is one task, rather than a collection of them."""
+    return hasattr(step, "name") and hasattr(step, "invoke")
 
 
 async def run_isolated(task: NamedTask, run: Run | None = None) -> None:
