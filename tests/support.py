@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-from lilya.types import ASGIApp, Message
+from lilya.types import ASGIApp, Message, Send
 
 
 class Events(list[str]):
@@ -36,6 +36,16 @@ class Events(list[str]):
 
 def errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
     return [record for record in records if record.levelno >= logging.ERROR]
+
+
+def appending_to(messages: list[Message]) -> Send:
+    """A `send` that keeps what it is given instead of sending it: a middleware holding the
+    response back."""
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    return send
 
 
 def failed_task_names(records: list[logging.LogRecord]) -> list[str]:

@@ -25,7 +25,7 @@ from esm_tasks import (
 )
 from esm_tasks.testing import TestClient
 
-from .support import Events, drive, errors
+from .support import Events, appending_to, drive, errors
 
 pytestmark = pytest.mark.anyio
 
@@ -354,13 +354,6 @@ async def test_default_mode_tasks_see_the_context_their_request_middleware_set()
     assert events == ["response started", "body sent", "/ctx"]
 
 
-def _appending_to(messages: list[Message]) -> Send:
-    async def send(message: Message) -> None:
-        messages.append(message)
-
-    return send
-
-
 class Cascade:
     """Tries each app in turn with the same scope; the first that does not answer 404 wins."""
 
@@ -370,7 +363,7 @@ class Cascade:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         for app in self.apps[:-1]:
             held: list[Message] = []
-            await app(scope, receive, _appending_to(held))
+            await app(scope, receive, appending_to(held))
             if held and held[0]["status"] != 404:
                 for message in held:
                     await send(message)

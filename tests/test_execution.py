@@ -8,12 +8,12 @@ import pytest
 from lilya.exceptions import HTTPException
 from lilya.middleware import DefineMiddleware
 from lilya.middleware.compression import GZipMiddleware
-from lilya.types import ASGIApp, Receive, Scope, Send
+from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Response, StreamingResponse, get, post
 from esm_tasks.testing import TestClient
 
-from .support import Events, drive, errors
+from .support import Events, appending_to, drive, errors
 
 pytestmark = pytest.mark.anyio
 
@@ -75,12 +75,8 @@ class Buffering:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        held: list[dict[str, object]] = []
-
-        async def hold(message: dict[str, object]) -> None:
-            held.append(message)
-
-        await self.app(scope, receive, hold)
+        held: list[Message] = []
+        await self.app(scope, receive, appending_to(held))
         for message in held:
             await send(message)
 

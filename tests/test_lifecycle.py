@@ -15,7 +15,15 @@ from lilya.types import ASGIApp, Message, Receive, Scope, Send
 from esm_tasks import App, BackgroundTask, BackgroundTasks, TaskEvent, get, post
 from esm_tasks.testing import TestClient
 
-from .support import Events, drive, errors, failed_task_names, http_scope, lifespan
+from .support import (
+    Events,
+    appending_to,
+    drive,
+    errors,
+    failed_task_names,
+    http_scope,
+    lifespan,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -163,11 +171,7 @@ class HoldsTheResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: list[Message] = []
-
-        async def hold(message: Message) -> None:
-            held.append(message)
-
-        await self.app(scope, receive, hold)
+        await self.app(scope, receive, appending_to(held))
         self.returned.set()
         await anyio.sleep_forever()
 
