@@ -107,10 +107,10 @@ class App(Lilya):
         layers = scope.get(LAYERS)
         if settings.background:
             scope[LAYERS] = (layers or ()) + settings.background
-        # Mounted in another App, this one's tasks are one more layer; the rest is the outer's.
-        outermost = SETTINGS not in scope
-        handover = Handover(send)
-        if outermost:
+        # Mounted in another App, this one's tasks are one more layer; the rest, the handover
+        # included, is the outer's.
+        handover = None if SETTINGS in scope else Handover(send)
+        if handover is not None:
             scope[SETTINGS] = settings
             scope[DEFERRED] = handover
             send = handover.send_and_watch
@@ -126,7 +126,7 @@ class App(Lilya):
                 scope.pop(LAYERS, None)
             else:
                 scope[LAYERS] = layers
-            if outermost:
+            if handover is not None:
                 del scope[SETTINGS], scope[DEFERRED]
                 if handover.runs:  # no body left the App (the client left, or the app raised)
                     await handover.close(cancelled)
