@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from lilya.background import Tasks
 from lilya.requests import Request
@@ -67,11 +67,20 @@ def Depends(dependency: Callable[..., Any]) -> Any:
 Getter = Callable[[Binding], Any]
 
 
+Source = Literal["path", "query", "body", "request", "tasks", "draft", "dependency"]
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
+    """One parameter: what fills it, and what it is (for OpenAPI and error messages)."""
+
     name: str
     get: Getter | None
     dependency: DependencyPlan | None
+    source: Source
+    annotation: Any = EMPTY
+    """The type it is validated against, once Annotated and Depends are looked through."""
+    default: Any = EMPTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,35 +161,37 @@ def _plan(
                 raise TypeError(f"{where}: {func.__qualname__} depends on itself through Depends")
             dependency = _plan_dependency(default.dependency, path_params, where, (*outer, func))
             needs |= dependency.plan.needs
-            params.append(Param(parameter.name, None, dependency))
+            params.append(Param(parameter.name, None, dependency, "dependency", annotation))
             continue
-        getter, need = _getter(parameter, annotation, path_params)
+        getter, source, need = _getter(parameter, annotation, path_params)
         needs |= need
-        params.append(Param(parameter.name, getter, None))
+        params.append(Param(parameter.name, getter, None, source, annotation, default))
     return Plan(tuple(params), frozenset(needs))
 
 
 def _getter(
     parameter: inspect.Parameter, annotation: Any, path_params: frozenset[str]
-) -> tuple[Getter, frozenset[str]]:
-    """The getter for one parameter, and what it needs the request to provide."""
+) -> tuple[Getter, Source, frozenset[str]]:
+    """The getter for one parameter, where its value comes from, and what it needs the
+    request to provide."""
     name = parameter.name
     if _is_class(annotation):
         if issubclass(annotation, Request):
-            return get_request, frozenset()
+            return get_request, "request", frozenset()
         if issubclass(annotation, Tasks):
-            return get_tasks, frozenset({"tasks"})
+            return get_tasks, "tasks", frozenset({"tasks"})
         if issubclass(annotation, LilyaResponse) and issubclass(ResponseDraft, annotation):
-            return get_draft, frozenset({"tasks", "draft"})
+            return get_draft, "draft", frozenset({"tasks", "draft"})
     if name in path_params:
         exact = annotation if annotation in (int, float) else None
-        return functools.partial(get_path, name, _adapter(annotation), exact), frozenset()
+        return functools.partial(get_path, name, _adapter(annotation), exact), "path", frozenset()
     if name in BODY_NAMES or (_is_class(annotation) and issubclass(annotation, BaseModel)):
         adapter = TypeAdapter(Any if annotation is EMPTY else annotation)
-        return functools.partial(get_body, name, adapter, parameter.default), frozenset({"body"})
+        getter = functools.partial(get_body, name, adapter, parameter.default)
+        return getter, "body", frozenset({"body"})
     many = _is_sequence(annotation)
     getter = functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
-    return getter, frozenset()
+    return getter, "query", frozenset()
 
 
 def _plan_dependency(
