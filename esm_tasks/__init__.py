@@ -2,8 +2,8 @@
 
 from ._app import App, Include
 from ._decorators import delete, get, patch, post, put, route
+from ._depends import Depends
 from ._events import TaskEvent
-from ._params import Depends
 from ._policy import TaskPolicy, task_policy
 from ._responses import (
     FileResponse,

@@ -33,10 +33,11 @@ class Binding:
         "body",
         "cache",
         "draft",
+        "early_exits",
         "errors",
+        "exits",
         "receive",
         "scope",
-        "stack",
         "tasks",
     )
 
@@ -46,15 +47,17 @@ class Binding:
         receive: Receive,
         tasks: ResponseTasks | None,
         draft: ResponseDraft | None,
-        stack: contextlib.AsyncExitStack | None,
+        exits: contextlib.AsyncExitStack | None,
+        early_exits: contextlib.AsyncExitStack | None = None,
     ) -> None:
         self.scope = scope
         self.receive = receive
         self.tasks = tasks
         self.draft = draft
-        self.stack = stack
+        self.exits = exits  # generator dependencies that clean up when the request's work is done
+        self.early_exits = early_exits  # those with scope="function": when the handler returns
         self.body = b""
-        self.cache: dict[Callable[..., Any], Any] = {}
+        self.cache: dict[object, Any] = {}
         self.errors: list[dict[str, Any]] = []
         self._request: Request | None = None
         self._query: dict[str, list[str]] | None = None
@@ -180,26 +183,37 @@ async def call(func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str
     return await func(**values)
 
 
+def get_default(default: Any, _: Binding) -> Any:
+    return default
+
+
+def _exits(binding: Binding, early: bool) -> contextlib.AsyncExitStack:
+    stack = binding.early_exits if early else binding.exits
+    assert stack is not None  # planned: the plan needs it, so the route made it
+    return stack
+
+
 async def enter_async(
     factory: Callable[..., contextlib.AbstractAsyncContextManager[Any]],
+    early: bool,
     binding: Binding,
     values: dict[str, Any],
 ) -> Any:
-    assert binding.stack is not None  # planned: has_exits
-    return await binding.stack.enter_async_context(factory(**values))
+    return await _exits(binding, early).enter_async_context(factory(**values))
 
 
 async def enter_sync(
     factory: Callable[..., contextlib.AbstractContextManager[Any]],
+    early: bool,
     binding: Binding,
     values: dict[str, Any],
 ) -> Any:
-    assert binding.stack is not None  # planned: has_exits
+    stack = _exits(binding, early)
     manager = factory(**values)
     value = await anyio.to_thread.run_sync(manager.__enter__)
 
     async def exit_in_thread(*exc_info: Any) -> bool | None:
         return await anyio.to_thread.run_sync(manager.__exit__, *exc_info)
 
-    binding.stack.push_async_exit(exit_in_thread)
+    stack.push_async_exit(exit_in_thread)
     return value

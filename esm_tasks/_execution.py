@@ -66,6 +66,8 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
     try:
         await run_in_order(steps)
     finally:
+        if run.exits is not None:
+            await run.release()
         _current.reset(token)
         if tracker is not None:
             tracker.discard(run)
@@ -121,6 +123,8 @@ async def _run_detached(
                 await run_in_order(steps)
         finally:
             tracker.scopes.discard(scope)
+            if run.exits is not None:
+                await run.release()
 
 
 Deferred: TypeAlias = tuple[Sequence[Callable[[], Awaitable[None]]], Run, contextvars.Context]
@@ -144,7 +148,7 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
                     for var, token in reversed(taken):
                         var.reset(token)
         except BaseException:
-            abandon_runs(runs[index + 1 :])  # cancelled: they will never start
+            await abandon_runs(runs[index + 1 :])  # cancelled: they will never start
             raise
 
 
@@ -181,7 +185,7 @@ class Handover:
     async def close(self, cancelled: bool) -> None:
         runs, self.runs = self.runs, []
         if cancelled:
-            abandon_runs(runs)
+            await abandon_runs(runs)
         elif runs:
             await start_deferred(runs)
 
@@ -198,10 +202,12 @@ def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contex
 _UNSET = object()
 
 
-def abandon_runs(runs: Sequence[Deferred]) -> None:
-    """Report every task of runs that will never start."""
+async def abandon_runs(runs: Sequence[Deferred]) -> None:
+    """Report every task of runs that will never start, and clean up their requests."""
     for steps, run, _ in runs:
         abandon(steps, run)
+    for _, run, _ in runs:
+        await run.release()
 
 
 @contextlib.contextmanager

@@ -13,12 +13,12 @@ import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from lilya.background import Tasks
 from lilya.requests import Request
 from lilya.responses import Response as LilyaResponse
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, PydanticUserError, TypeAdapter
 
 from ._binding import (
     EMPTY,
@@ -29,45 +29,24 @@ from ._binding import (
     enter_async,
     enter_sync,
     get_body,
+    get_default,
     get_draft,
     get_path,
     get_query,
     get_request,
     get_tasks,
 )
+from ._depends import Dependency
 from ._responses import ResponseDraft
 
 BODY_NAMES = frozenset({"data", "payload"})
 
 
-class Dependency:
-    """The marker `Depends(fn)` leaves as a parameter's default."""
-
-    __slots__ = ("dependency",)
-
-    def __init__(self, dependency: Callable[..., Any]) -> None:
-        self.dependency = dependency
-
-    def __repr__(self) -> str:
-        return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
-
-
-def Depends(dependency: Callable[..., Any]) -> Any:
-    """Make a parameter receive `dependency`'s value, computed once per request.
-
-    `dependency` may be a function, an async function or a (async) generator
-    function whose code after `yield` runs once the handler has returned; its
-    own parameters are bound like a handler's.
-    """
-    if not callable(dependency):
-        raise TypeError(f"Depends() takes a callable, got {dependency!r}")
-    return Dependency(dependency)
-
-
 Getter = Callable[[Binding], Any]
 
 
-Source = Literal["path", "query", "body", "request", "tasks", "draft", "dependency"]
+Source = Literal["path", "query", "body", "request", "tasks", "draft", "dependency", "default"]
+"""Where a parameter's value comes from ("default": a task's dependency takes its default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +68,15 @@ class Plan:
 
     params: tuple[Param, ...]
     needs: frozenset[str]
-    """What a request must provide: "tasks", "draft", "body" (read first), "exits" (a stack)."""
+    """What a request must provide: "tasks", "draft", "body" (read first), and exit stacks
+    for generator dependencies: "exits" (closed when the request's work is done),
+    "early_exits" (closed when the handler returns)."""
     # Read on every request, so derived once from `needs`.
     needs_tasks: bool = field(init=False)
     needs_draft: bool = field(init=False)
     reads_body: bool = field(init=False)
     has_exits: bool = field(init=False)
+    has_early_exits: bool = field(init=False)
 
     def __post_init__(self) -> None:
         for flag, need in (
@@ -102,6 +84,7 @@ class Plan:
             ("needs_draft", "draft"),
             ("reads_body", "body"),
             ("has_exits", "exits"),
+            ("has_early_exits", "early_exits"),
         ):
             object.__setattr__(self, flag, need in self.needs)
 
@@ -120,9 +103,12 @@ class DependencyPlan:
     func: Callable[..., Any]
     plan: Plan
     call: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
+    key: object
+    """What its value is cached under for the request: the function, and its scope if not
+    the request's."""
 
     async def resolve(self, binding: Binding) -> Any:
-        cached = binding.cache.get(self.func, MISSING)
+        cached = binding.cache.get(self.key, MISSING)
         if cached is not MISSING:
             return cached
         errors_before = len(binding.errors)
@@ -130,13 +116,35 @@ class DependencyPlan:
         if len(binding.errors) > errors_before:
             return MISSING  # its inputs are invalid: the request gets a 422
         value = await self.call(binding, values)
-        binding.cache[self.func] = value
+        binding.cache[self.key] = value
         return value
 
 
 def plan(func: Callable[..., Any], path_params: frozenset[str], where: str) -> Plan:
     """Plan the binding of `func`'s parameters; `where` names the route in errors."""
-    return _plan(func, path_params, where, ())
+    return _plan(func, path_params, where, (), for_task=False)
+
+
+def plan_dependencies(
+    func: Callable[..., Any], where: str
+) -> tuple[Plan, tuple[inspect.Parameter, ...]]:
+    """A task function's `Depends` parameters, and its other parameters, which its
+    arguments fill. Its dependencies run without a request: what they take must come
+    from other dependencies or defaults."""
+    params: list[Param] = []
+    needs: set[str] = set()
+    others: list[inspect.Parameter] = []
+    for parameter in inspect.signature(func).parameters.values():
+        annotation, marker = _declared(parameter, func, where)
+        if marker is None:
+            others.append(parameter)
+            continue
+        dependency = _plan_dependency(
+            marker, annotation, parameter, frozenset(), where, (func,), True
+        )
+        needs |= dependency.plan.needs
+        params.append(Param(parameter.name, None, dependency, "dependency", annotation))
+    return Plan(tuple(params), frozenset(needs)), tuple(others)
 
 
 def _plan(
@@ -144,29 +152,115 @@ def _plan(
     path_params: frozenset[str],
     where: str,
     outer: tuple[Callable[..., Any], ...],
+    for_task: bool,
 ) -> Plan:
     signature = inspect.signature(func)
     params: list[Param] = []
-    needs: set[str] = set()  # what a request must provide: "tasks", "draft", "body", "exits"
+    needs: set[str] = set()
     for parameter in signature.parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise TypeError(
-                f"{where}: {func.__qualname__} takes {parameter}, which no request can fill; "
-                "name each parameter"
+        annotation, marker = _declared(parameter, func, where)
+        if marker is not None:
+            dependency = _plan_dependency(
+                marker, annotation, parameter, path_params, where, (*outer, func), for_task
             )
-        default = parameter.default
-        annotation = _resolve(parameter.annotation, func, parameter.name, where)
-        if isinstance(default, Dependency):
-            if default.dependency in outer:
-                raise TypeError(f"{where}: {func.__qualname__} depends on itself through Depends")
-            dependency = _plan_dependency(default.dependency, path_params, where, (*outer, func))
             needs |= dependency.plan.needs
             params.append(Param(parameter.name, None, dependency, "dependency", annotation))
-            continue
-        getter, source, need = _getter(parameter, annotation, path_params)
-        needs |= need
-        params.append(Param(parameter.name, getter, None, source, annotation, default))
+        elif for_task:
+            if parameter.default is EMPTY:
+                raise TypeError(
+                    f"{where}: {func.__qualname__} takes {parameter.name!r}, which a task's "
+                    "dependency cannot receive: it runs without a request; give it a default "
+                    "or a Depends"
+                )
+            default: Getter = functools.partial(get_default, parameter.default)
+            params.append(Param(parameter.name, default, None, "default", annotation))
+        else:
+            try:
+                getter, source, need = _getter(parameter, annotation, path_params)
+            except PydanticUserError as error:
+                raise TypeError(
+                    f"{where}: parameter {parameter.name!r} of {func.__qualname__} is annotated "
+                    f"{_show(annotation)}, which esm_tasks cannot read from a request ({error}); "
+                    "use Depends for a value made in code"
+                ) from None
+            needs |= need
+            params.append(
+                Param(parameter.name, getter, None, source, annotation, parameter.default)
+            )
     return Plan(tuple(params), frozenset(needs))
+
+
+def _declared(
+    parameter: inspect.Parameter, func: Callable[..., Any], where: str
+) -> tuple[Any, Dependency | None]:
+    """A parameter's type, with any `Depends` marker taken out of its default or of its
+    `Annotated` metadata, and that marker."""
+    name = parameter.name
+    if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        raise TypeError(
+            f"{where}: {func.__qualname__} takes {parameter}, which no request can fill; "
+            "name each parameter"
+        )
+    if parameter.kind is parameter.POSITIONAL_ONLY:
+        raise TypeError(
+            f"{where}: {func.__qualname__} takes {name!r} positional-only; esm_tasks passes "
+            "values by name"
+        )
+    annotation = _resolve(parameter.annotation, func, name, where)
+    marker = parameter.default if isinstance(parameter.default, Dependency) else None
+    if typing.get_origin(annotation) is Annotated:
+        inner, *metadata = typing.get_args(annotation)
+        markers = [item for item in metadata if isinstance(item, Dependency)]
+        if markers:
+            if len(markers) > 1 or marker is not None:
+                raise TypeError(
+                    f"{where}: parameter {name!r} of {func.__qualname__} declares more than "
+                    "one Depends; keep one"
+                )
+            marker = markers[0]
+            rest = tuple(item for item in metadata if not isinstance(item, Dependency))
+            # What is left (a pydantic Field, say) still applies when the value is validated.
+            annotation = Annotated.__class_getitem__((inner, *rest)) if rest else inner
+    return annotation, marker
+
+
+def _plan_dependency(
+    marker: Dependency,
+    annotation: Any,
+    parameter: inspect.Parameter,
+    path_params: frozenset[str],
+    where: str,
+    outer: tuple[Callable[..., Any], ...],
+    for_task: bool,
+) -> DependencyPlan:
+    func = marker.dependency
+    if func is None:  # Depends(): the annotation is what to call
+        func = _base(annotation)
+        if not _has_signature(func):
+            raise TypeError(
+                f"{where}: parameter {parameter.name!r} of {outer[-1].__qualname__} has "
+                f"Depends() without a function, and its annotation {_show(annotation)} is "
+                "not one to call; write Depends(function)"
+            )
+    if func in outer:
+        raise TypeError(f"{where}: {outer[-1].__qualname__} depends on itself through Depends")
+    plan = _plan(func, path_params, where, outer, for_task)
+    early = marker.scope == "function"
+    key: object = (func, "function") if early else func
+    call_it: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
+    if inspect.isasyncgenfunction(func):
+        call_it = functools.partial(enter_async, contextlib.asynccontextmanager(func), early)
+    elif inspect.isgeneratorfunction(func):
+        call_it = functools.partial(enter_sync, contextlib.contextmanager(func), early)
+    else:
+        return DependencyPlan(func, plan, functools.partial(call, async_caller(func)), key)
+    if not early and "early_exits" in plan.needs and not for_task:
+        raise TypeError(
+            f"{where}: {_name(func)} cleans up with the request, but depends on a dependency "
+            'with scope="function", which cleans up before it, when the handler returns'
+        )
+    needs = plan.needs | {"early_exits" if early else "exits"}
+    return DependencyPlan(func, Plan(plan.params, needs), call_it, key)
 
 
 def _getter(
@@ -175,41 +269,24 @@ def _getter(
     """The getter for one parameter, where its value comes from, and what it needs the
     request to provide."""
     name = parameter.name
-    if _is_class(annotation):
-        if issubclass(annotation, Request):
+    base = _base(annotation)
+    if _is_class(base):
+        if issubclass(base, Request):
             return get_request, "request", frozenset()
-        if issubclass(annotation, Tasks):
+        if issubclass(base, Tasks):
             return get_tasks, "tasks", frozenset({"tasks"})
-        if issubclass(annotation, LilyaResponse) and issubclass(ResponseDraft, annotation):
+        if issubclass(base, LilyaResponse) and issubclass(ResponseDraft, base):
             return get_draft, "draft", frozenset({"tasks", "draft"})
     if name in path_params:
         exact = annotation if annotation in (int, float) else None
         return functools.partial(get_path, name, _adapter(annotation), exact), "path", frozenset()
-    if name in BODY_NAMES or (_is_class(annotation) and issubclass(annotation, BaseModel)):
+    if name in BODY_NAMES or (_is_class(base) and issubclass(base, BaseModel)):
         adapter = TypeAdapter(Any if annotation is EMPTY else annotation)
         getter = functools.partial(get_body, name, adapter, parameter.default)
         return getter, "body", frozenset({"body"})
-    many = _is_sequence(annotation)
+    many = _is_sequence(base)
     getter = functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
     return getter, "query", frozenset()
-
-
-def _plan_dependency(
-    func: Callable[..., Any],
-    path_params: frozenset[str],
-    where: str,
-    outer: tuple[Callable[..., Any], ...],
-) -> DependencyPlan:
-    call_it: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
-    plan = _plan(func, path_params, where, outer)
-    if inspect.isasyncgenfunction(func):
-        call_it = functools.partial(enter_async, contextlib.asynccontextmanager(func))
-    elif inspect.isgeneratorfunction(func):
-        call_it = functools.partial(enter_sync, contextlib.contextmanager(func))
-    else:
-        return DependencyPlan(func, plan, functools.partial(call, async_caller(func)))
-    # Its clean-up runs once the handler has returned: the request needs an exit stack.
-    return DependencyPlan(func, Plan(plan.params, plan.needs | {"exits"}), call_it)
 
 
 def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -> Any:
@@ -224,6 +301,29 @@ def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -
             f"{where}: the annotation {annotation!r} of {name!r} in {func.__qualname__} names "
             f"something its module does not define ({error}); define it at module level"
         ) from None
+
+
+def _base(annotation: Any) -> Any:
+    """The type an `Annotated` annotation annotates; any other, as it is."""
+    return (
+        typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    )
+
+
+def _has_signature(func: Any) -> bool:
+    try:
+        inspect.signature(func)
+    except (TypeError, ValueError):  # not callable, or a builtin such as int
+        return False
+    return True
+
+
+def _show(annotation: Any) -> str:
+    return getattr(annotation, "__qualname__", None) or repr(annotation)
+
+
+def _name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
 
 
 def _is_class(annotation: Any) -> bool:

@@ -8,17 +8,18 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lilya.responses as lilya_responses
 from lilya.background import Task
 from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
-from lilya.types import Receive, Scope, Send
+from lilya.types import Message, Receive, Scope, Send
 
 from ._binding import Binding, async_caller, read_body
 from ._execution import detach, observer, run_steps
 from ._merge import label_sources, merge
 from ._params import plan
 from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
-from ._run import DEFERRED, LAYERS, Run, Settings, settings_of
+from ._run import DEFERRED, LAYERS, Run, Settings, close, settings_of
 from ._tasks import BackgroundSpec, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
@@ -63,6 +64,7 @@ class TaskRoute(Path):
             name=name or getattr(fn, "__name__", None),
             include_in_schema=include_in_schema,
         )
+        self.where = where
         self.plan = plan(fn, frozenset(self.param_convertors), where)
         self.call_handler = async_caller(fn)
 
@@ -80,28 +82,37 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = settings_of(scope)
-        if self.route.plan.has_exits:
-            # Generator dependencies clean up before the response is sent.
-            async with contextlib.AsyncExitStack() as stack:
-                response, steps = await self.handle(scope, receive, settings, stack)
-        else:
-            response, steps = await self.handle(scope, receive, settings, None)
+        # Generator dependencies clean up once the request's work here is done: after its
+        # tasks (see Run.release), or after the body when it has none.
+        exits = contextlib.AsyncExitStack() if self.route.plan.has_exits else None
+        response, steps = await self.handle(scope, receive, settings, exits)
         if response is None:
+            if exits is not None:
+                await close(exits, None, self.route.where)
             return  # the client left before its request was read: nobody to answer
+        # A body made as it is sent may fail part-way, after its status line said all was well.
+        watch = _SendWatch(send) if isinstance(response, _MADE_WHILE_SENT) else None
+        error: Exception | None = None
         try:
-            await response(scope, receive, send)
+            await response(scope, receive, watch or send)
+        except Exception as raised:
+            if watch is not None and not watch.failed:
+                error = raised  # the body failed, not the client's connection
+            raise
         finally:
             # The handler returned: its tasks are owed, even if sending failed.
+            failed = error is not None or (response.status_code or 200) >= 500
             if steps:
-                failed = (response.status_code or 200) >= 500
-                await self.hand_over(scope, settings, steps, failed)
+                await self.hand_over(scope, settings, steps, failed, exits=exits, error=error)
+            elif exits is not None:
+                await close(exits, error, self.route.where)
 
     async def handle(
         self,
         scope: Scope,
         receive: Receive,
         settings: Settings,
-        stack: contextlib.AsyncExitStack | None,
+        exits: contextlib.AsyncExitStack | None,
     ) -> tuple[LilyaResponse | None, tuple[Task, ...]]:
         """Bind, call the handler, build its response, and merge this request's tasks."""
         route = self.route
@@ -110,32 +121,49 @@ class _Endpoint:
         declared = tuple(s for _, s in layers) + route.background if layers else route.background
         tasks = draft = None
         try:
-            kwargs: dict[str, Any] = {}
             if plan.params:
                 tasks = RequestTasks() if plan.needs_tasks else None
                 draft = (
                     ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
                 )
-                binding = Binding(scope, receive, tasks, draft, stack)
+                binding = Binding(scope, receive, tasks, draft, exits)
                 if plan.reads_body:
                     body = await read_body(scope, receive)
                     if body is None:
                         return None, ()
                     binding.body = body
-                kwargs = await plan.bind(binding)
-                if binding.errors:
+                if plan.has_early_exits:
+                    # scope="function": cleaned up as soon as the handler has returned.
+                    async with contextlib.AsyncExitStack() as binding.early_exits:
+                        result = await self.call(binding)
+                else:
+                    result = await self.call(binding)
+                if result is _INVALID:
                     return JSONResponse({"detail": binding.errors}, status_code=422), ()
-            result = await route.call_handler(**kwargs)
+            else:
+                result = await route.call_handler()
             response, own = respond(result, route.response_class, route.status_code, draft)
-        except Exception:
+        except Exception as error:
             # A dependency, the handler or the response failed: only the tasks declared for
             # errors will run (see TaskPolicy.when), after the error response if an App can
-            # say when; otherwise now, before the error propagates.
+            # say when; otherwise now, before the error propagates. Dependencies clean up
+            # after them, told of the error.
             steps = merge(declared, tasks, None)
             if steps:
-                await self.hand_over(scope, settings, steps, True, sent=False)
+                await self.hand_over(
+                    scope, settings, steps, True, sent=False, exits=exits, error=error
+                )
+            elif exits is not None:
+                await close(exits, error, route.where)
             raise
         return response, merge(declared, tasks, own)
+
+    async def call(self, binding: Binding) -> Any:
+        """The handler's result, or `_INVALID` if the request does not bind."""
+        kwargs = await self.route.plan.bind(binding)
+        if binding.errors:
+            return _INVALID
+        return await self.route.call_handler(**kwargs)
 
     async def hand_over(
         self,
@@ -145,14 +173,17 @@ class _Endpoint:
         failed: bool,
         *,
         sent: bool = True,
+        exits: contextlib.AsyncExitStack | None = None,
+        error: BaseException | None = None,
     ) -> None:
         """Give the merged steps to whoever runs them: a test; in an App, once the response
         has left it, a task of their own or this call; without an App, this call.
 
         `sent`: whether the route's response is out (a failed handler's is sent by the
         layers around it). See `Handover` for a response held back on its way out.
+        `exits`: the request's dependencies, cleaned up when the run ends, told of `error`.
         """
-        run = Run(scope, settings, failed)
+        run = Run(scope, settings, failed, exits, error)
         watcher = observer.get()
         if watcher is not None:
             layers = scope.get(LAYERS, ())
@@ -166,6 +197,29 @@ class _Endpoint:
             detach(steps, run, contextvars.copy_context())
         else:
             await run_steps(steps, run)
+
+
+_INVALID: Any = object()  # what `_Endpoint.call` returns for a request that does not bind
+
+# Responses whose body is made while it is sent, and so may fail after the status line.
+_MADE_WHILE_SENT = (lilya_responses.StreamingResponse, lilya_responses.FileResponse)
+
+
+class _SendWatch:
+    """A `send` that remembers whether sending failed, to tell that from the body failing."""
+
+    __slots__ = ("failed", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.failed = False
+
+    async def __call__(self, message: Message) -> None:
+        try:
+            await self.send(message)
+        except BaseException:
+            self.failed = True
+            raise
 
 
 def _check_route(

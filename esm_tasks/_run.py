@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -70,6 +71,8 @@ class Run:
     __slots__ = (
         "_headers",
         "_request_id",
+        "error",
+        "exits",
         "failed",
         "method",
         "path",
@@ -78,7 +81,14 @@ class Run:
         "simple",
     )
 
-    def __init__(self, scope: Scope, settings: Settings, failed: bool | None) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        settings: Settings,
+        failed: bool | None,
+        exits: contextlib.AsyncExitStack | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         self.method: str = scope.get("method", "-")
         self.path: str = scope.get("path", "-")
         self._headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
@@ -86,6 +96,10 @@ class Run:
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
+        # The request's generator dependencies: they clean up when this run ends, and see the
+        # exception that failed the request, if one did.
+        self.exits = exits
+        self.error = error
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
 
@@ -97,6 +111,15 @@ class Run:
             if self._request_id is None:
                 self._request_id = uuid.uuid4().hex[:16]
         return self._request_id
+
+    async def release(self) -> None:
+        """Clean up the request's dependencies, once; a clean-up that raises is logged.
+
+        Shielded: a run cancelled at shutdown still closes what its request opened.
+        """
+        exits, self.exits = self.exits, None
+        if exits is not None:
+            await close(exits, self.error, f"{self.method} {self.path}")
 
     def let_go_of_the_request(self) -> None:
         """Read the request id now, so as not to keep the request's headers as long as the
@@ -110,6 +133,24 @@ class Run:
             if name == b"x-request-id":
                 self._request_id = value.decode("latin-1")
                 return
+
+
+async def close(
+    exits: contextlib.AsyncExitStack, error: BaseException | None, request: str
+) -> None:
+    """Run the clean-up of dependencies entered on `exits`, telling them of `error`.
+
+    It runs after the response, where nobody can be answered about it: what it raises
+    is logged, never passed on.
+    """
+    try:
+        with anyio.CancelScope(shield=True):
+            if error is None:
+                await exits.aclose()
+            else:
+                await exits.__aexit__(type(error), error, error.__traceback__)
+    except Exception:
+        logger.exception("a dependency's clean-up raised after %s; ignored", request)
 
 
 # Scope keys an esm_tasks App sets for its requests; copies of a scope share their values.

@@ -212,7 +212,11 @@ class TestClient(httpx.AsyncClient):
             raise AssertionError(f"{_call(_name(func), args, kwargs)} was scheduled:\n{lines}")
 
     async def run_scheduled(self) -> None:
-        """Run the tasks captured so far, request by request, each in its order, once."""
+        """Run the tasks captured so far, request by request, each in its order, once.
+
+        A request's generator dependencies clean up after its tasks, here, as they would
+        have after the response: the tasks find open what the request opened for them.
+        """
         pending, self._watcher.pending = self._watcher.pending, []
         token = observer.set(_Observer(capture=False, events=self._watcher.events))
         try:
