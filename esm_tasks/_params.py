@@ -238,12 +238,12 @@ def _plan_dependency(
         func = _base(annotation)
         if not _has_signature(func):
             raise TypeError(
-                f"{where}: parameter {parameter.name!r} of {outer[-1].__qualname__} has "
+                f"{where}: parameter {parameter.name!r} of {_name(outer[-1])} has "
                 f"Depends() without a function, and its annotation {_show(annotation)} is "
                 "not one to call; write Depends(function)"
             )
     if func in outer:
-        raise TypeError(f"{where}: {outer[-1].__qualname__} depends on itself through Depends")
+        raise TypeError(f"{where}: {_name(outer[-1])} depends on itself through Depends")
     plan = _plan(func, path_params, where, outer, for_task)
     early = marker.scope == "function"
     key: object = (func, "function") if early else func

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import types
@@ -14,11 +15,14 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
+from ._depends import Dependency
 from ._execution import abandon, run_in_order, run_isolated
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from ._task_dependencies import TaskDependencies
 
 P = ParamSpec("P")
 
@@ -56,8 +60,14 @@ def _shape_key(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> o
     )
 
 
-def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Raise TypeError, naming the function, unless `func(*args, **kwargs)` would bind."""
+def check_call(
+    func: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dependencies: TaskDependencies | None = None,
+) -> None:
+    """Raise TypeError, naming the function, unless `func(*args, **kwargs)` would bind,
+    once its `Depends` parameters are filled."""
     key = _shape_key(func, args, kwargs)
     if key is not None and key in _good_shapes:
         return
@@ -68,7 +78,7 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
             f"a background task needs a callable, but got {func!r} ({type(func).__name__})"
         )
     try:
-        signature = inspect.signature(func)
+        signature = dependencies.signature if dependencies else inspect.signature(func)
     except (TypeError, ValueError):  # some builtins have no signature to check against
         return
     try:
@@ -84,11 +94,91 @@ def check_call(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         _good_shapes.add(key)
 
 
-def _then(call: Callable[[], object], after: Callable[[], None]) -> None:
+def then(call: Callable[[], object], after: Callable[[], None]) -> None:
+    """Call `call`, then `after`, whatever happens."""
     try:
         call()
     finally:
         after()
+
+
+# Code of functions whose annotations declare no Depends; the tasks whose functions do.
+_no_dependencies: set[types.CodeType] = set()
+_with_dependencies: dict[object, TaskDependencies] = {}
+
+
+def dependencies_of(func: object) -> TaskDependencies | None:
+    """What a task function's own `Depends` parameters need, if it has any."""
+    # Otherwise a function declares Depends, if at all, in its annotations, which its code
+    # fixes: they are read once per code, not per task.
+    code = None
+    if isinstance(func, types.FunctionType) and _code_decides(func):
+        code = func.__code__
+        if code in _no_dependencies:
+            return None
+    try:
+        return _with_dependencies[func]
+    except (KeyError, TypeError):  # not seen, or not hashable
+        pass
+    try:
+        parameters = inspect.signature(func).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not callable, or a builtin without a signature
+        return None
+    if not any(_declares_depends(parameter) for parameter in parameters):
+        if code is not None:
+            if len(_no_dependencies) >= _MAX_SHAPES:
+                _no_dependencies.clear()
+            _no_dependencies.add(code)
+        return None
+    from ._task_dependencies import TaskDependencies  # its planning needs the whole package
+
+    dependencies = TaskDependencies(func, f"background task {task_name(func)}")  # type: ignore[arg-type]
+    with contextlib.suppress(TypeError):
+        if len(_with_dependencies) >= _MAX_SHAPES:
+            _with_dependencies.clear()
+        _with_dependencies[func] = dependencies
+    return dependencies
+
+
+def _code_decides(func: types.FunctionType) -> bool:
+    """Whether `func`'s code alone says if it declares Depends: no marker among its
+    defaults, and no `__wrapped__` or `__signature__` that inspect would read instead."""
+    attributes = func.__dict__
+    if attributes and ("__wrapped__" in attributes or "__signature__" in attributes):
+        return False
+    defaults, keyword_defaults = func.__defaults__, func.__kwdefaults__
+    if defaults is not None:
+        for value in defaults:
+            if isinstance(value, Dependency):
+                return False
+    if keyword_defaults is not None:
+        for value in keyword_defaults.values():
+            if isinstance(value, Dependency):
+                return False
+    return True
+
+
+def _declares_depends(parameter: inspect.Parameter) -> bool:
+    if isinstance(parameter.default, Dependency):
+        return True
+    annotation = parameter.annotation
+    if isinstance(annotation, str):  # PEP 563: read it only if it may say Depends
+        return "Depends" in annotation
+    return any(isinstance(item, Dependency) for item in getattr(annotation, "__metadata__", ()))
+
+
+def _split(
+    args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The function a task calls, given first or as `func=`, and the arguments that follow.
+
+    Given first, a `func=` keyword is the function's own argument.
+    """
+    if args:
+        return args[0], args[1:]
+    if "func" in kwargs:
+        return kwargs.pop("func"), ()
+    raise TypeError(f"{where}() needs the function to call: {where}(func, *args, **kwargs)")
 
 
 def _refuse_coroutine(coroutine: types.CoroutineType[Any, Any, Any], where: str) -> NoReturn:
@@ -109,11 +199,19 @@ class BackgroundTask(Task):
     and stops nothing else.
     """
 
-    __slots__ = ("_is_async", "name", "policy")
+    __slots__ = ("_dependencies", "_is_async", "name", "policy")
 
-    def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
-        check_call(func, args, kwargs)
-        self._set(func, args, kwargs)
+    if TYPE_CHECKING:  # `func` may also come by keyword, as Lilya's and Starlette's take it
+
+        def __init__(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None: ...
+
+    else:
+
+        def __init__(self, *args, **kwargs):
+            func, args = _split(args, kwargs, "BackgroundTask")
+            dependencies = dependencies_of(func)
+            check_call(func, args, kwargs, dependencies)
+            self._set(func, args, kwargs, dependencies)
 
     @classmethod
     def _adopt(cls, task: Task) -> BackgroundTask:
@@ -122,14 +220,21 @@ class BackgroundTask(Task):
         if isinstance(func, AsyncCallable):  # Lilya's thread wrapper of a sync function
             func = func._callable
         adopted = cls.__new__(cls)
-        adopted._set(func, task.args, task.kwargs)
+        adopted._set(func, task.args, task.kwargs, dependencies_of(func))
         return adopted
 
-    def _set(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _set(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        dependencies: TaskDependencies | None,
+    ) -> None:
         self.func = func
         # Lilya types these with its constructor's ParamSpec, which can't be assigned.
         self.args = args  # type: ignore[assignment]
         self.kwargs = kwargs  # type: ignore[assignment]
+        self._dependencies = dependencies
         attributes = getattr(func, "__dict__", None)
         # A plain function is answered without inspect, unless a marker such as
         # inspect.markcoroutinefunction's sits in its __dict__.
@@ -155,7 +260,7 @@ class BackgroundTask(Task):
     ) -> BackgroundTask:
         """This call under another policy (see `task_policy`), as a new task."""
         task = BackgroundTask.__new__(BackgroundTask)
-        task._set(self.func, self.args, self.kwargs)
+        task._set(self.func, self.args, self.kwargs, self._dependencies)
         task.policy = make_policy(f"{self.name}.with_policy", timeout, retries, backoff, when)
         return task
 
@@ -177,12 +282,16 @@ class BackgroundTask(Task):
         cancelled, its thread is left to finish on its own, and `on_thread_end` is
         called in it when it does.
         """
+        if self._dependencies is not None:
+            return self._dependencies.call(
+                self.func, self.args, self.kwargs, self._is_async, threads, on_thread_end
+            )
         if self._is_async:
             result: Awaitable[None] = self.func(*self.args, **self.kwargs)
             return result
         call: Callable[[], Any] = functools.partial(self.func, *self.args, **self.kwargs)
         if on_thread_end is not None:
-            call = functools.partial(_then, call, on_thread_end)
+            call = functools.partial(then, call, on_thread_end)
         return anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
     async def __call__(self) -> None:

@@ -9,7 +9,6 @@ from pydantic import Field
 
 from esm_tasks import (
     App,
-    BackgroundTask,
     BackgroundTasks,
     Depends,
     StreamingResponse,

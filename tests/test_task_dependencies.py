@@ -1,0 +1,215 @@
+"""Task functions with dependencies of their own: resolved per attempt, cleaned up after it."""
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+import pytest
+
+from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, post, task_policy
+from esm_tasks.testing import TestClient
+
+from .support import failed_task_names
+
+pytestmark = pytest.mark.anyio
+
+
+class Session:
+    opened = 0
+
+    def __init__(self, log: list[str]) -> None:
+        Session.opened += 1
+        self.number = Session.opened
+        self.log = log
+        self.open = True
+
+
+def make_sessions(log: list[str]) -> tuple[object, object]:
+    async def async_session() -> AsyncIterator[Session]:
+        session = Session(log)
+        log.append(f"open {session.number}")
+        try:
+            yield session
+        except Exception as error:
+            log.append(f"rollback {session.number}: {error}")
+            raise
+        finally:
+            session.open = False
+            log.append(f"close {session.number}")
+
+    def sync_session() -> Iterator[Session]:
+        session = Session(log)
+        log.append(f"open {session.number} in a worker thread: {not _on_main_thread()}")
+        yield session
+        session.open = False
+        log.append(f"close {session.number}")
+
+    return async_session, sync_session
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+async def test_a_task_resolves_its_dependencies_when_it_runs_once_per_attempt() -> None:
+    log: list[str] = []
+    async_session, _ = make_sessions(log)
+    attempts: list[int] = []
+
+    @task_policy(retries=1)
+    async def send_receipt(order: int, db: Annotated[Session, Depends(async_session)]) -> None:
+        attempts.append(db.number)
+        log.append(f"receipt {order} with an {'open' if db.open else 'closed'} session")
+        if len(attempts) == 1:
+            raise RuntimeError("mail server busy")
+
+    @post("/orders/{order:int}")
+    async def create(order: int, tasks: BackgroundTasks) -> None:
+        tasks.add_task(send_receipt, order)
+        log.append("handler")
+
+    async with TestClient(App(routes=[create])) as http:
+        await http.post("/orders/7")
+    first, second = attempts
+    assert first != second  # a session of its own for each attempt
+    assert log == [
+        "handler",
+        f"open {first}",
+        "receipt 7 with an open session",
+        f"rollback {first}: mail server busy",
+        f"close {first}",
+        f"open {second}",
+        "receipt 7 with an open session",
+        f"close {second}",
+    ]
+
+
+async def test_a_sync_task_and_its_generator_dependency_run_in_worker_threads() -> None:
+    log: list[str] = []
+    _, sync_session = make_sessions(log)
+
+    def audit(entry: str, db: Session = Depends(sync_session)) -> None:
+        log.append(f"audit {entry} in a worker thread: {not _on_main_thread()}, open: {db.open}")
+
+    task = BackgroundTask(audit, "signup")
+    async with TestClient(App(routes=[post("/audit", background=task)(_nothing)])) as http:
+        await http.post("/audit")
+    number = Session.opened
+    assert log == [
+        f"open {number} in a worker thread: True",
+        "audit signup in a worker thread: True, open: True",
+        f"close {number}",
+    ]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def test_nested_task_dependencies_are_resolved_once_per_attempt() -> None:
+    calls: list[str] = []
+
+    def settings() -> dict[str, str]:
+        calls.append("settings")
+        return {"host": "mail.test"}
+
+    def mailer(config: Annotated[dict[str, str], Depends(settings)], port: int = 25) -> str:
+        calls.append("mailer")
+        return f"{config['host']}:{port}"
+
+    async def send(
+        to: str,
+        via: Annotated[str, Depends(mailer)],
+        config: Annotated[dict[str, str], Depends(settings)],
+    ) -> None:
+        calls.append(f"send {to} via {via} ({config['host']})")
+
+    @post("/send", background=BackgroundTask(send, "ada"))
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as http:
+        await http.post("/send")
+    assert calls == ["settings", "mailer", "send ada via mail.test:25 (mail.test)"]
+
+
+def test_task_arguments_are_checked_without_the_dependencies() -> None:
+    def db() -> str:
+        return "db"
+
+    async def send(session: Annotated[str, Depends(db)], to: str, subject: str = "hi") -> None:
+        pass
+
+    BackgroundTask(send, "ada")
+    BackgroundTask(send, to="ada", subject="welcome")
+    with pytest.raises(TypeError, match=r"background task .*send.*missing a required argument"):
+        BackgroundTask(send)
+    with pytest.raises(TypeError, match=r"background task .*send.*unexpected keyword.*session"):
+        BackgroundTask(send, "ada", session="mine")
+
+
+async def test_an_argument_given_by_position_never_lands_on_a_dependency() -> None:
+    received: list[tuple[str, str]] = []
+
+    def db() -> str:
+        return "session"
+
+    async def send(session: Annotated[str, Depends(db)], to: str) -> None:
+        received.append((session, to))
+
+    await BackgroundTask(send, "ada")()
+    assert received == [("session", "ada")]
+
+
+def test_a_task_dependency_that_needs_a_request_is_refused_when_the_task_is_built() -> None:
+    def current_user(token: str) -> str:
+        return token
+
+    async def greet(user: Annotated[str, Depends(current_user)]) -> None: ...
+
+    with pytest.raises(TypeError, match=r"background task .*greet: .*current_user takes 'token'"):
+        BackgroundTask(greet)
+
+
+async def test_a_failing_dependency_fails_the_attempt_and_frees_its_thread_slot(
+    task_log: list[logging.LogRecord],
+) -> None:
+    ran: list[str] = []
+
+    def broken() -> str:
+        raise ConnectionError("database down")
+
+    def export(db: Annotated[str, Depends(broken)]) -> None:
+        ran.append("export")
+
+    def after() -> None:
+        ran.append("after")
+
+    @post("/export", background=[BackgroundTask(export), after])
+    async def handler() -> None: ...
+
+    # One thread slot: if the failed attempt kept it, the next sync task would wait forever.
+    async with TestClient(App(routes=[handler], task_threads=1)) as http:
+        await http.post("/export")
+        await http.post("/export")
+    assert ran == ["after", "after"]
+    assert failed_task_names(task_log) == ["export", "export"]
+
+
+def test_background_task_takes_its_function_by_keyword_as_lilya_and_starlette_do() -> None:
+    def greet(name: str) -> None: ...
+
+    def apply(func: object, value: int) -> None: ...
+
+    task = BackgroundTask(func=greet, name="ada")
+    assert (task.func, task.args, task.kwargs, task.name) == (greet, (), {"name": "ada"}, task.name)
+    assert task.name.endswith("greet")
+    # Given first, the function is positional, and func= is its own argument.
+    assert BackgroundTask(apply, func=greet, value=1).kwargs == {"func": greet, "value": 1}
+    with pytest.raises(TypeError, match=r"background task .*greet.*missing a required argument"):
+        BackgroundTask(func=greet)
+    with pytest.raises(TypeError, match=r"BackgroundTask\(\) needs the function to call"):
+        BackgroundTask()  # type: ignore[call-arg]
+    tasks = BackgroundTasks()
+    tasks.add_task(func=greet, name="bob")
+    assert tasks.tasks[0].kwargs == {"name": "bob"}  # type: ignore[attr-defined]
