@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import lilya.responses as lilya_responses
 from lilya.background import Task
 from lilya.datastructures import Header
-from lilya.types import Receive, Scope, Send
+from lilya.types import Message, Receive, Scope, Send
 from pydantic_core import PydanticSerializationError, to_json
 
 from ._execution import in_request, observer
@@ -140,8 +140,37 @@ class Response(lilya_responses.Response):
                 held._tasks = _SENT_BY_MERGE
                 await held(scope, receive, send)
                 return
-        with in_request(scope, failed):  # tasks log their request, and `when` holds
-            await super().__call__(scope, receive, send)
+        watch = SendWatch(send) if isinstance(self, MADE_WHILE_SENT) else None
+        try:
+            with in_request(scope, failed):  # tasks log their request, and `when` holds
+                await super().__call__(scope, receive, watch or send)
+        except Exception:
+            if watch is not None and not watch.failed:
+                # The body failed part-way, and Lilya ran no task: those for errors run now.
+                with in_request(scope, failed=True):
+                    await self.background()
+            raise
+
+
+# Responses whose body is made while it is sent, and so may fail after the status line.
+MADE_WHILE_SENT = (lilya_responses.StreamingResponse, lilya_responses.FileResponse)
+
+
+class SendWatch:
+    """A `send` that remembers whether sending failed, to tell that from the body failing."""
+
+    __slots__ = ("failed", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.failed = False
+
+    async def __call__(self, message: Message) -> None:
+        try:
+            await self.send(message)
+        except BaseException:
+            self.failed = True
+            raise
 
 
 class JSONResponse(Response, lilya_responses.JSONResponse):
@@ -278,7 +307,8 @@ def respond(
         return response, None
     if isinstance(result, Response):
         own = result._tasks
-        if own is None or (isinstance(own, BackgroundTasks) and not own.tasks):
+        # An adopted Lilya collection is read when it runs: its `tasks` may not be filled yet.
+        if own is None or (isinstance(own, BackgroundTasks) and not own.members()):
             return result, None
         response = _shallow_copy(result)
         response._tasks = _SENT_BY_MERGE

@@ -8,17 +8,23 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lilya.responses as lilya_responses
 from lilya.background import Task
 from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
-from lilya.types import Message, Receive, Scope, Send
+from lilya.types import Receive, Scope, Send
 
 from ._binding import Binding, async_caller, read_body
 from ._execution import detach, observer, run_steps
 from ._merge import label_sources, merge
 from ._params import plan
-from ._responses import JSONResponse, RequestTasks, ResponseDraft, respond
+from ._responses import (
+    MADE_WHILE_SENT,
+    JSONResponse,
+    RequestTasks,
+    ResponseDraft,
+    SendWatch,
+    respond,
+)
 from ._run import DEFERRED, LAYERS, Run, Settings, close, settings_of
 from ._tasks import BackgroundSpec, to_steps
 
@@ -91,7 +97,7 @@ class _Endpoint:
                 await close(exits, None, self.route.where)
             return  # the client left before its request was read: nobody to answer
         # A body made as it is sent may fail part-way, after its status line said all was well.
-        watch = _SendWatch(send) if isinstance(response, _MADE_WHILE_SENT) else None
+        watch = SendWatch(send) if isinstance(response, MADE_WHILE_SENT) else None
         error: Exception | None = None
         try:
             await response(scope, receive, watch or send)
@@ -200,26 +206,6 @@ class _Endpoint:
 
 
 _INVALID: Any = object()  # what `_Endpoint.call` returns for a request that does not bind
-
-# Responses whose body is made while it is sent, and so may fail after the status line.
-_MADE_WHILE_SENT = (lilya_responses.StreamingResponse, lilya_responses.FileResponse)
-
-
-class _SendWatch:
-    """A `send` that remembers whether sending failed, to tell that from the body failing."""
-
-    __slots__ = ("failed", "send")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.failed = False
-
-    async def __call__(self, message: Message) -> None:
-        try:
-            await self.send(message)
-        except BaseException:
-            self.failed = True
-            raise
 
 
 def _check_route(

@@ -3,11 +3,13 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lilya.apps import Lilya
+from lilya.background import Task, Tasks
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, Include, Response, post
 from esm_tasks.testing import TestClient
 
-from .support import Events
+from .support import Events, drive
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +149,17 @@ async def test_the_same_collection_from_two_sources_runs_once() -> None:
         assert events == ["added", "added", "own"]
         await http.post("/into-itself")
         assert events == ["added", "added", "own", "added"]
+
+
+@pytest.mark.parametrize("app_class", [App, Lilya])
+async def test_a_plain_lilya_tasks_on_a_response_keeps_the_merge_order(
+    app_class: type[Lilya],
+) -> None:
+    events = Events()
+
+    @post("/order", background=[Task(events.task("c"))])
+    async def handler() -> Response:
+        return Response({}, background=Tasks([Task(events.task("a")), Task(events.task("b"))]))
+
+    await drive(app_class(routes=[handler]), "POST", "/order", events)
+    assert events == ["response started", "body sent", "c", "a", "b"]

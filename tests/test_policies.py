@@ -3,9 +3,11 @@
 import contextlib
 import logging
 import threading
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
+from lilya.apps import Lilya
 from lilya.exceptions import HTTPException
 
 from esm_tasks import (
@@ -13,7 +15,10 @@ from esm_tasks import (
     BackgroundTask,
     BackgroundTasks,
     JSONResponse,
+    StreamingResponse,
     TaskPolicy,
+    TaskRoute,
+    get,
     post,
     task_policy,
 )
@@ -275,3 +280,64 @@ async def test_every_failure_record_has_a_duration(task_log: list[logging.LogRec
         await client.post("/d")
     [record] = errors(task_log)
     assert isinstance(record.duration, float)  # type: ignore[attr-defined]
+
+
+def _streaming_route(events: Events, body_fails: bool) -> TaskRoute:
+    @task_policy(when="error")
+    async def on_error() -> None:
+        events.append("error")
+
+    @task_policy(when="always")
+    async def always() -> None:
+        events.append("always")
+
+    async def rows() -> AsyncIterator[bytes]:
+        yield b"first row\n"
+        if body_fails:
+            raise RuntimeError("the database went away mid-export")
+        yield b"last row\n"
+
+    @get("/export", background=[events.task("success"), on_error, always])
+    async def export() -> StreamingResponse:
+        return StreamingResponse(rows(), background=events.task("response's own"))
+
+    return export
+
+
+@pytest.mark.parametrize("app_class", [App, Lilya])
+async def test_a_streaming_body_that_raises_part_way_fails_the_request(
+    app_class: type[Lilya],
+) -> None:
+    events = Events()
+    app = app_class(routes=[_streaming_route(events, body_fails=True)])
+    with pytest.raises(Exception) as raised:  # noqa: PT011 (Lilya may wrap it in a group)
+        await drive(app, "GET", "/export", events)
+    assert "the database went away" in repr(raised.value) + repr(raised.value.__cause__)
+    # The status line said 200, but the client never got the whole body: the request failed.
+    assert events == ["response started", "error", "always"]
+
+
+async def test_a_client_gone_mid_stream_does_not_fail_the_request() -> None:
+    events = Events()
+    app = App(routes=[_streaming_route(events, body_fails=False)])
+    with contextlib.suppress(Exception):  # the OSError, perhaps in a group
+        await drive(app, "GET", "/export", events, send_fails_after_start=True)
+    assert events == ["response started", "send failed", "success", "always", "response's own"]
+
+
+async def test_in_a_plain_lilya_route_a_stream_that_raises_runs_its_error_tasks() -> None:
+    from lilya.routing import Path
+
+    events = Events()
+
+    async def rows() -> AsyncIterator[bytes]:
+        yield b"first row\n"
+        raise RuntimeError("the database went away mid-export")
+
+    async def export() -> StreamingResponse:
+        on_error = BackgroundTask(events.task("error")).with_policy(when="error")
+        return StreamingResponse(rows(), background=[events.task("success"), on_error])
+
+    with pytest.raises(Exception):  # noqa: PT011 (Lilya may wrap it in a group)
+        await drive(Lilya(routes=[Path("/export", export)]), "GET", "/export", events)
+    assert events == ["response started", "error"]
