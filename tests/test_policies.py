@@ -338,6 +338,7 @@ async def test_in_a_plain_lilya_route_a_stream_that_raises_runs_its_error_tasks(
         on_error = BackgroundTask(events.task("error")).with_policy(when="error")
         return StreamingResponse(rows(), background=[events.task("success"), on_error])
 
-    with pytest.raises(Exception):  # noqa: PT011 (Lilya may wrap it in a group)
+    with pytest.raises(Exception) as raised:  # noqa: PT011 (Lilya may wrap it in a group)
         await drive(Lilya(routes=[Path("/export", export)]), "GET", "/export", events)
+    assert "the database went away" in repr(raised.value)
     assert events == ["response started", "error"]
