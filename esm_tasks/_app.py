@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio
 from lilya.apps import Lilya
+from lilya.conf import settings as lilya_settings
+from lilya.logging import StandardLoggingConfig
 from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
@@ -87,6 +89,7 @@ class App(Lilya):
             detach=detach_tasks,
         )
         self.shutdown_timeout = float(shutdown_timeout)
+        _leave_logging_alone(options)
         super().__init__(*args, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,6 +133,21 @@ class App(Lilya):
                 del scope[SETTINGS], scope[DEFERRED]
                 if handover.runs:  # no body left the App (the client left, or the app raised)
                     await handover.close(cancelled)
+
+
+def _leave_logging_alone(options: dict[str, Any]) -> None:
+    """Keep Lilya's default logging set-up from replacing the root logger's handlers.
+
+    Building a Lilya app with its default settings reconfigures Python logging, which
+    removes the handlers an application or pytest's `caplog` put there. An App leaves
+    logging to the application, unless it asks Lilya for it (`logging_config=`, or
+    settings that choose another configuration).
+    """
+    if "logging_config" in options or "settings_module" in options:
+        return
+    if type(lilya_settings.logging_config) is not StandardLoggingConfig:
+        return  # the project's own settings chose
+    options["logging_config"] = StandardLoggingConfig(skip_setup_configure=True)
 
 
 class Include(LilyaInclude):

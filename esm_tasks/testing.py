@@ -18,7 +18,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+try:
+    import httpx
+except ImportError as error:  # pragma: no cover - tested with httpx hidden
+    raise ImportError("esm_tasks.testing needs httpx: pip install 'esm-tasks[testing]'") from error
 from lilya.background import Task
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -20,10 +20,10 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def task_log() -> Iterator[list[logging.LogRecord]]:
-    """Every record of the `esm_tasks` logger during the test.
+    """Every record of the `esm_tasks` logger during the test, at every level.
 
-    Listens on the logger itself: building a Lilya app reconfigures the root
-    logger, which would detach pytest's own capture handler.
+    Listens on the logger itself, so that it holds in plain Lilya apps too, whose
+    building reconfigures the root logger and detaches pytest's capture handler.
     """
     records: list[logging.LogRecord] = []
     handler = _Records(records)

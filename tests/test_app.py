@@ -384,3 +384,21 @@ async def test_a_scope_that_went_through_one_app_runs_the_tasks_of_the_next() ->
     app = Cascade(first, App(routes=[legacy]))
     await drive(app, "POST", "/legacy", events)  # type: ignore[arg-type]
     assert events == ["response started", "body sent", "legacy task"]
+
+
+async def test_caplog_sees_a_failed_task_when_the_test_builds_an_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def send_email() -> None:
+        raise ConnectionError("mail server down")
+
+    @post("/signup", background=send_email)
+    async def signup() -> None: ...
+
+    app = App(routes=[signup])  # building it must leave pytest's capture handler in place
+    async with TestClient(app) as http:
+        await http.post("/signup")
+    [record] = [r for r in caplog.records if r.name == "esm_tasks"]
+    assert record.levelno == logging.ERROR
+    assert "send_email" in record.getMessage()
+    assert "POST /signup" in record.getMessage()

@@ -1,5 +1,9 @@
 """esm_tasks.testing: capture, assert, run later, and prove the response came first."""
 
+import importlib
+import re
+import sys
+
 import pytest
 from lilya.apps import Lilya
 from lilya.routing import Path
@@ -273,3 +277,12 @@ async def test_capture_holds_esm_tasks_responses_in_plain_lilya_routes() -> None
         client.assert_scheduled(audit, "plain route")
         await client.run_scheduled()
     assert outbox == ["audit plain route"]
+
+
+def test_importing_the_kit_without_httpx_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "httpx", None)  # what an environment without it gives
+    monkeypatch.delitem(sys.modules, "esm_tasks.testing")
+    with pytest.raises(ImportError, match=re.escape("pip install 'esm-tasks[testing]'")):
+        importlib.import_module("esm_tasks.testing")
