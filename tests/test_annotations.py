@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytest
 from pydantic import BaseModel
 
-from esm_tasks import App, BackgroundTasks, Response, get, post
+from esm_tasks import App, BackgroundTasks, Depends, Response, get, post
 from esm_tasks.testing import TestClient
 
 from .support import Events
@@ -53,3 +55,25 @@ async def test_an_object_annotation_is_a_query_parameter_not_the_draft() -> None
 
     async with TestClient(App(routes=[handler])) as http:
         assert (await http.get("/o?thing=x")).json() == "x"
+
+
+def _user_id() -> int:
+    return 7
+
+
+async def _sends(user: Annotated[int, Depends(_user_id)]) -> None:
+    _seen.append(user)
+
+
+_seen: list[int] = []
+
+
+async def test_string_annotated_depends_bind_in_handlers_and_tasks() -> None:
+    @post("/me")
+    async def me(user: Annotated[int, Depends(_user_id)], tasks: BackgroundTasks) -> int:
+        tasks.add_task(_sends)
+        return user
+
+    async with TestClient(App(routes=[me])) as http:
+        assert (await http.post("/me")).json() == 7
+    assert _seen == [7]

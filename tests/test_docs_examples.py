@@ -244,3 +244,32 @@ async def test_every_example_module_is_tested() -> None:
     examples = {path.stem for path in folder.glob("*.py")} - {"__init__", "demo"}
     tested = {name.removeprefix("test_") for name in globals() if name.startswith("test_")}
     assert examples <= tested, f"untested examples: {sorted(examples - tested)}"
+
+
+async def test_dependencies() -> None:
+    module = example("dependencies")
+    async with TestClient(module.app) as http:
+        response = await http.post("/users/ada@example.com")
+    assert (response.status_code, response.json()) == (201, {"created": "ada@example.com"})
+    assert module.journal == [
+        "user ada@example.com (open session)",
+        "audit flushed: ['ada@example.com']",
+        "signup ada@example.com (open session)",
+        "session closed",
+    ]
+
+
+async def test_task_dependencies() -> None:
+    module = example("task_dependencies")
+    async with TestClient(module.app) as http:
+        first = module.Session.opened + 1
+        assert (await http.post("/orders/42")).json() == {"order": 42}
+        await http.post("/orders/42")
+    assert module.journal == [
+        f"session {first} opened",
+        f"receipt for order 42 in session {first}",
+        f"session {first} closed",
+        f"session {first + 1} opened",
+        f"receipt for order 42 in session {first + 1}",
+        f"session {first + 1} closed",
+    ]
