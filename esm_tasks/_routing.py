@@ -162,6 +162,10 @@ class _Endpoint:
             elif exits is not None:
                 await close(exits, error, route.where)
             raise
+        except BaseException as cancelled:  # the server ended the request: no task is owed
+            if exits is not None:
+                await close(exits, cancelled, route.where)
+            raise
         return response, merge(declared, tasks, own)
 
     async def call(self, binding: Binding) -> Any:

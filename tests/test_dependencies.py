@@ -4,6 +4,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
+import anyio
 import pytest
 from pydantic import Field
 
@@ -310,3 +311,20 @@ async def test_a_clean_up_that_raises_after_the_response_is_logged(
     assert "GET /broken" in record.getMessage()
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], OSError)
+
+
+async def test_a_request_cancelled_in_its_handler_still_cleans_up() -> None:
+    events = Events()
+    async_session, _ = session_dependency(events)
+    handler_waits = anyio.Event()
+
+    @get("/hangs")
+    async def hangs(session: Annotated[Session, Depends(async_session)]) -> None:
+        handler_waits.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(drive, App(routes=[hangs]), "GET", "/hangs", events)
+        await handler_waits.wait()
+        group.cancel_scope.cancel()  # as a server does when the client is gone
+    assert events == ["session closed"]
