@@ -20,6 +20,7 @@ from esm_tasks import (
     BackgroundTasks,
     Depends,
     Include,
+    TaskEvent,
     delete,
     get,
     post,
@@ -368,3 +369,59 @@ async def test_the_document_is_a_valid_openapi_document() -> None:
     # Lilya writes OpenAPI 3.2.0, which openapi-spec-validator checks since 0.9.
     assert schema["openapi"] == "3.2.0"
     validate(schema, cls=OpenAPIV32SpecValidator)
+
+
+async def test_the_demo_documents_every_route() -> None:
+    from docs_src import demo
+
+    schema = await document(demo.app)
+    validate(schema, cls=OpenAPIV32SpecValidator)
+    assert set(schema["paths"]) == {
+        "/",
+        "/register",
+        "/items",
+        "/orders/{order_id}/pay",
+        "/slow",
+        "/fail",
+    }
+    assert schema["paths"]["/fail"]["get"]["x-background-tasks"] == [
+        {"name": "broken", "source": "handler"},
+        {"name": "refresh_cache", "source": "handler"},
+    ]
+
+
+def test_fuzzing_the_demo_finds_no_server_error_and_runs_no_task_for_a_rejected_request() -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import Case, GenerationMode
+
+    from docs_src import demo
+
+    started: list[TaskEvent] = []
+
+    def record(event: TaskEvent) -> None:
+        if event.kind == "started":
+            started.append(event)
+
+    # The demo's routes, less /slow: its task sleeps two seconds, and it has nothing to fuzz.
+    app = App(
+        routes=[demo.index, demo.register, demo.items, demo.pay, demo.fail],
+        enable_openapi=True,
+        on_task_event=record,
+    )
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    seen: set[int] = set()
+
+    @given(case=schema.as_strategy() | schema.as_strategy(GenerationMode.NEGATIVE))
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    def call(case: Case) -> None:
+        started.clear()
+        response = case.call()  # in-process: the tasks are done when it returns
+        request = f"{case.method} {case.formatted_path}"
+        assert response.status_code < 500, f"{request}: {response.status_code}"
+        if response.status_code >= 400:
+            assert not started, f"{request} was rejected, yet ran {[e.name for e in started]}"
+        seen.add(response.status_code // 100)
+
+    call()
+    assert seen == {2, 4}  # both kinds were tried
