@@ -72,6 +72,13 @@ def parameters(operation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {parameter["name"]: parameter for parameter in operation["parameters"]}
 
 
+def test_the_openapi_module_exports_a_lilya_config() -> None:
+    import esm_tasks.openapi
+
+    assert esm_tasks.openapi.__all__ == ["OpenAPIConfig"]
+    assert issubclass(OpenAPIConfig, LilyaOpenAPIConfig)
+
+
 async def test_an_app_with_an_esm_tasks_route_serves_its_document() -> None:
     @get("/ping")
     async def ping() -> str:
