@@ -8,7 +8,8 @@ Try, while watching the server's output:
     curl -X POST localhost:8000/slow
     curl localhost:8000/fail
 
-Each task logs its name, its route, and how long after the response it began.
+Each task logs its name, its route, and how long after the response it began. The API's
+documentation, with the tasks of each operation, is at localhost:8000/docs/swagger.
 """
 
 from __future__ import annotations
@@ -112,4 +113,8 @@ async def fail() -> dict[str, str]:
     return {"status": "the first task fails, is logged, and the second still runs"}
 
 
-app = App(routes=[index, register, items, pay, slow, fail], on_startup=[show_task_logs])
+app = App(
+    routes=[index, register, items, pay, slow, fail],
+    on_startup=[show_task_logs],
+    enable_openapi=True,
+)

@@ -92,6 +92,13 @@ class App(Lilya):
         _leave_logging_alone(options)
         super().__init__(*args, **options)
 
+    def configure_openapi(self, openapi_config: Any | None = None) -> None:
+        # Lilya calls this for enable_openapi=True. esm_tasks' config, imported only now,
+        # also lists each operation's tasks.
+        from .openapi import OpenAPIConfig
+
+        super().configure_openapi(OpenAPIConfig.adopt(openapi_config))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":

@@ -86,6 +86,18 @@ class _Endpoint:
     def __init__(self, route: TaskRoute) -> None:
         self.route = route
 
+    # Lilya's OpenAPI reads these from a route's handler; esm_tasks.openapi makes the dict
+    # that its `@openapi` decorator would attach, when a document is built.
+    @property
+    def __name__(self) -> str:
+        return str(self.route.name)
+
+    @property
+    def openapi_meta(self) -> dict[str, Any]:
+        from .openapi import operation_meta
+
+        return operation_meta(self.route)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = settings_of(scope)
         # Generator dependencies clean up once the request's work here is done: after its

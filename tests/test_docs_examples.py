@@ -273,3 +273,24 @@ async def test_task_dependencies() -> None:
         f"receipt for order 42 in session {first + 1}",
         f"session {first + 1} closed",
     ]
+
+
+async def test_openapi() -> None:
+    module = example("openapi")
+    async with TestClient(module.app) as http:
+        schema = (await http.get("/openapi.json")).json()
+        created = await http.post("/v1/signups", json={"email": "ada@example.com"})
+    operation = schema["paths"]["/v1/signups"]["post"]
+    assert operation["x-background-tasks"] == [
+        {"name": "count_signup", "source": "app"},
+        {"name": "audit", "source": "include"},
+        {"name": "send_welcome", "source": "handler"},
+    ]
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["title"] == "Signup"
+    assert [p["name"] for p in operation["parameters"]] == ["source"]
+    assert set(operation["responses"]) == {"201", "422"}
+    assert (
+        operation["description"] == "Register an address; the team hears of it after the response."
+    )
+    assert created.status_code == 201
+    assert module.outbox == ["signup counted", "audited", "welcome team@example.com"]

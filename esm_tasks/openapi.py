@@ -1,0 +1,241 @@
+"""OpenAPI for esm_tasks routes, through Lilya's own generator (`lilya.contrib.openapi`).
+
+Lilya documents a route from the `openapi_meta` dict its `@openapi` decorator attaches to a
+handler. A `TaskRoute`'s handler offers that dict, made by `operation_meta` when a document is
+built: the query parameters of the handler and of its dependencies, the JSON body, the route's
+status code, and a 422 answer when a parameter can fail validation.
+
+That dict has no room for an extension or a path parameter's type, so `OpenAPIConfig` finishes
+the document Lilya builds: it types path parameters, gives each method of a route its own
+operation id, and lists under `x-background-tasks` the tasks each operation declares, in the
+order they run. `App(enable_openapi=True)` uses it; a plain Lilya app takes it as
+`openapi_config=OpenAPIConfig()`.
+
+This module is imported only when OpenAPI is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import inspect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from lilya.background import Task
+from lilya.contrib.openapi.config import OpenAPIConfig as LilyaOpenAPIConfig
+from lilya.contrib.openapi.params import ResponseParam
+from pydantic import BaseModel, TypeAdapter
+from pydantic.errors import PydanticInvalidForJsonSchema
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from ._app import App, Include
+from ._binding import EMPTY
+from ._params import Param, Plan
+from ._routing import TaskRoute
+from ._tasks import BackgroundTask, BackgroundTasks, task_name
+
+__all__ = ["OpenAPIConfig"]
+
+Layers = tuple[tuple[str, Task], ...]
+
+
+class ValidationError(BaseModel):
+    """One field a request got wrong."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class HTTPValidationError(BaseModel):
+    """The body of a 422: every field a request got wrong."""
+
+    detail: list[ValidationError]
+
+
+class OpenAPIConfig(LilyaOpenAPIConfig):
+    """Lilya's `OpenAPIConfig`, whose document also says what each esm_tasks route runs.
+
+    Each esm_tasks operation gets `x-background-tasks`: the tasks it declares, in the order
+    they run (the App's, each enclosing Include's, the route's), each as
+    `{"name": ..., "source": "app" | "include" | "handler"}`, or, for a `BackgroundTasks`,
+    `{"tasks": [...], "as_group": ..., "source": ...}` with its members in the same form.
+    """
+
+    def openapi(self, app: Any) -> dict[str, Any]:
+        document = super().openapi(app)
+        paths = document.get("paths", {})
+        layers = app.task_settings.background if isinstance(app, App) else ()
+        for path, route, around in _task_routes(app.routes, "", layers):
+            if route.include_in_schema and path in paths:
+                _finish(paths[path], route, around)
+        return document
+
+    @classmethod
+    def adopt(cls, config: Any) -> Any:
+        """The config an App documents with: none or Lilya's own becomes this one, the same
+        fields kept; anything else, this one's subclasses included, is used as given."""
+        if config is None:
+            return cls()
+        if type(config) is LilyaOpenAPIConfig:
+            return cls(**dict(config))
+        return config
+
+
+def operation_meta(route: TaskRoute) -> dict[str, Any]:
+    """What Lilya's `@openapi` decorator would attach to the route's handler."""
+    params = list(_params(route.plan))
+    query: dict[str, dict[str, Any]] = {}
+    for param in params:
+        if param.source == "query":
+            query.setdefault(param.name, _query_parameter(param))  # a dependency may reread one
+    responses = {route.status_code: ResponseParam(description=_phrase(route.status_code))}
+    if any(_can_fail(param) for param in params):
+        responses[422] = ResponseParam(
+            annotation=HTTPValidationError, description="Invalid request"
+        )
+    return {
+        "operation_id": route.name,
+        "description": inspect.getdoc(route.fn),
+        "query": query,
+        "request_body": _request_body([param for param in params if param.source == "body"]),
+        "responses": responses,
+    }
+
+
+def _params(plan: Plan) -> Iterator[Param]:
+    """The plan's parameters, each dependency's own in its place, depth first."""
+    for param in plan.params:
+        if param.dependency is not None:
+            yield from _params(param.dependency.plan)
+        else:
+            yield param
+
+
+def _query_parameter(param: Param) -> dict[str, Any]:
+    required = param.default is EMPTY
+    schema = _schema(param.annotation, raw=True)
+    if not required:
+        with contextlib.suppress(PydanticSerializationError):  # a default JSON can't show
+            schema["default"] = to_jsonable_python(param.default)
+    return {"name": param.name, "in": "query", "required": required, "schema": schema}
+
+
+def _request_body(params: list[Param]) -> dict[str, Any] | None:
+    if not params:
+        return None
+    # Each body parameter validates the whole body, so the body must satisfy them all.
+    schemas = [_schema(param.annotation, raw=False) for param in params]
+    return {
+        "content": {
+            "application/json": {"schema": schemas[0] if len(schemas) == 1 else {"allOf": schemas}}
+        },
+        "required": any(param.default is EMPTY for param in params),
+    }
+
+
+def _can_fail(param: Param) -> bool:
+    """Whether a request can get a 422 over this parameter."""
+    if param.source == "body":
+        return True  # malformed JSON, if nothing else
+    if param.source not in ("path", "query"):
+        return False
+    # Unannotated, str and Any parameters take the raw string as it is.
+    checked = not (param.annotation is EMPTY or param.annotation is str or param.annotation is Any)
+    return checked or (param.source == "query" and param.default is EMPTY)
+
+
+def _schema(annotation: Any, *, raw: bool) -> dict[str, Any]:
+    """The JSON schema of what a parameter accepts, self-contained: Lilya's document has no
+    place for definitions of ours. `raw`: the value is a string from the URL."""
+    if annotation is EMPTY:
+        return {"type": "string"} if raw else {}
+    try:
+        schema = TypeAdapter(annotation).json_schema()
+    except PydanticInvalidForJsonSchema:
+        return {}  # documented as anything; the route still validates it
+    definitions = schema.pop("$defs", {})
+    inlined: dict[str, Any] = _inline(schema, definitions, frozenset())
+    return inlined
+
+
+def _inline(node: Any, definitions: dict[str, Any], outer: frozenset[str]) -> Any:
+    """`node` with each `#/$defs/` reference replaced by its definition. A model that contains
+    itself is left open (`{}`) where it recurs."""
+    if isinstance(node, list):
+        return [_inline(item, definitions, outer) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.removeprefix("#/$defs/")
+        rest = {key: value for key, value in node.items() if key != "$ref"}
+        target = {} if name in outer else _inline(definitions[name], definitions, outer | {name})
+        return {**target, **_inline(rest, definitions, outer)}
+    return {key: _inline(value, definitions, outer) for key, value in node.items()}
+
+
+def _phrase(status_code: int) -> str:
+    try:
+        return http.HTTPStatus(status_code).phrase
+    except ValueError:
+        return "Successful response"
+
+
+def _task_routes(
+    routes: Iterable[Any], prefix: str, layers: Layers
+) -> Iterator[tuple[str, TaskRoute, Layers]]:
+    """Each TaskRoute under `routes`, at the path Lilya's `get_openapi` documents it (walked
+    the same way), with the tasks declared around it: the apps' and the includes'."""
+    for route in routes:
+        raw = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if not raw:
+            continue
+        raw = raw if raw.startswith("/") else f"/{raw}"
+        if isinstance(route, TaskRoute):
+            yield prefix + raw, route, layers
+            continue
+        mounted = getattr(route, "app", None)
+        inner = getattr(route, "routes", None) or getattr(mounted, "routes", None)
+        if not inner:
+            continue
+        around = layers
+        if isinstance(route, Include):
+            around += route.background
+        if isinstance(mounted, App):  # an App inside adds its own, after the include's
+            around += mounted.task_settings.background
+        yield from _task_routes(inner, prefix + raw.split("/{", 1)[0], around)
+
+
+def _finish(item: dict[str, Any], route: TaskRoute, layers: Layers) -> None:
+    """Complete the operations Lilya made for `route` at one path."""
+    methods = [method.lower() for method in route.methods or () if method != "HEAD"]
+    path_types = {
+        param.name: _schema(param.annotation, raw=True)
+        for param in _params(route.plan)
+        if param.source == "path"
+    }
+    declared = (*layers, *(("handler", task) for task in route.background))
+    for method in methods:
+        operation = item.get(method)
+        if operation is None:
+            continue
+        for parameter in operation.get("parameters", ()):
+            if parameter.get("in") == "path" and parameter.get("name") in path_types:
+                parameter["schema"] = path_types[parameter["name"]]
+        if len(methods) > 1:  # Lilya names every method of a route alike
+            operation["operationId"] = f"{operation.get('operationId', route.name)}_{method}"
+        operation["x-background-tasks"] = [_entry(task, source) for source, task in declared]
+
+
+def _entry(task: Task, source: str | None = None) -> dict[str, Any]:
+    """One step of `x-background-tasks`: a task's name, or a collection's members."""
+    entry: dict[str, Any]
+    if isinstance(task, BackgroundTasks):
+        entry = {"tasks": [_entry(member) for member in task.members()], "as_group": task.as_group}
+    else:
+        entry = {"name": task.name if isinstance(task, BackgroundTask) else task_name(task.func)}
+    if source is not None:
+        entry["source"] = source
+    return entry
