@@ -344,8 +344,15 @@ def _give_back(held: Sequence[anyio.CapacityLimiter], borrower: object) -> None:
 
 
 def _give_back_from_thread(held: Sequence[anyio.CapacityLimiter], borrower: object) -> None:
-    with contextlib.suppress(RuntimeError):  # the event loop is gone: so are its limiters
-        anyio.from_thread.run_sync(_give_back, held, borrower)
+    """Give the slots back from the task's thread as it ends, or on the loop if the task
+    failed before a thread started."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # in the worker thread, as usual
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: so are its limiters
+            anyio.from_thread.run_sync(_give_back, held, borrower)
+    else:
+        _give_back(held, borrower)
 
 
 def _notify_started(task: NamedTask) -> None:

@@ -135,20 +135,25 @@ class Run:
                 return
 
 
+async def exit_dependencies(exits: contextlib.AsyncExitStack, error: BaseException | None) -> None:
+    """Run the clean-up of the dependencies entered on `exits`, telling them of `error`.
+
+    Shielded: a run or an attempt that was cancelled still closes what it opened.
+    """
+    with anyio.CancelScope(shield=True):
+        if error is None:
+            await exits.aclose()
+        else:
+            await exits.__aexit__(type(error), error, error.__traceback__)
+
+
 async def close(
     exits: contextlib.AsyncExitStack, error: BaseException | None, request: str
 ) -> None:
-    """Run the clean-up of dependencies entered on `exits`, telling them of `error`.
-
-    It runs after the response, where nobody can be answered about it: what it raises
-    is logged, never passed on.
-    """
+    """`exit_dependencies` for a request, after its response, where nobody can be answered
+    about a clean-up that raises: it is logged, never passed on."""
     try:
-        with anyio.CancelScope(shield=True):
-            if error is None:
-                await exits.aclose()
-            else:
-                await exits.__aexit__(type(error), error, error.__traceback__)
+        await exit_dependencies(exits, error)
     except Exception:
         logger.exception("a dependency's clean-up raised after %s; ignored", request)
 

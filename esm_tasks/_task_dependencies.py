@@ -11,19 +11,22 @@ the same dependencies there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from ._binding import Binding
+from ._execution import task_in
 from ._params import Plan, plan_dependencies
-from ._tasks import task_name, then
+from ._run import exit_dependencies
+from ._tasks import task_name
 
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -78,16 +81,17 @@ class TaskDependencies:
     ) -> None:
         """One attempt: resolve the dependencies, call the function, clean up, told of its error.
 
-        A sync function runs in a worker thread that esm_tasks may stop waiting for (a
-        timeout): its dependencies then clean up when the thread ends, not before.
+        Clean-up runs on the event loop, never in the task's thread, whose pool it may need.
+        A sync function's thread that esm_tasks stops waiting for (a timeout) goes on with
+        what its dependencies gave it: they clean up when the thread ends, not before.
         """
         exits = contextlib.AsyncExitStack()
         try:
             values = await self.plan.bind(Binding({}, _no_request, None, None, exits, exits))
         except BaseException as error:
-            await _close(exits, error)
-            if on_thread_end is not None:  # no thread will start: give its slots back here
-                await anyio.to_thread.run_sync(on_thread_end)
+            if on_thread_end is not None:
+                on_thread_end()  # no thread will start: what it would give back, given here
+            await exit_dependencies(exits, error)
             raise
         args, kwargs = self.arguments(args, kwargs)
         kwargs.update(values)
@@ -95,36 +99,58 @@ class TaskDependencies:
             try:
                 await func(*args, **kwargs)
             except BaseException as error:
-                await _close(exits, error)
+                await exit_dependencies(exits, error)
                 raise
-            await _close(exits, None)
+            await exit_dependencies(exits, None)
             return
-        call = functools.partial(_in_thread, functools.partial(func, *args, **kwargs), exits)
-        if on_thread_end is not None:
-            call = functools.partial(then, call, on_thread_end)
-        await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
+        thread = _Thread(functools.partial(func, *args, **kwargs), on_thread_end)
+        try:
+            await anyio.to_thread.run_sync(thread.run, abandon_on_cancel=True, limiter=threads)
+        except anyio.get_cancelled_exc_class() as cancelled:
+            if not thread.ended.is_set():  # left running: its dependencies outlive this call
+                later = task_in(contextvars.copy_context(), thread.exit_when_ended(exits))
+                _later.add(later)
+                later.add_done_callback(_later.discard)
+                raise
+            await exit_dependencies(exits, thread.error or cancelled)
+            raise
+        except BaseException as error:
+            await exit_dependencies(exits, error)
+            raise
+        await exit_dependencies(exits, None)
 
 
-def _in_thread(call: Callable[[], object], exits: contextlib.AsyncExitStack) -> None:
-    try:
-        call()
-    except BaseException as error:
-        _close_from_thread(exits, error)
-        raise
-    _close_from_thread(exits, None)
+class _Thread:
+    """A sync task's call in a worker thread, which tells the loop when it has ended."""
+
+    __slots__ = ("call", "ended", "error", "loop", "on_end")
+
+    def __init__(self, call: Callable[[], object], on_end: Callable[[], None] | None) -> None:
+        self.call = call
+        self.on_end = on_end
+        self.ended = asyncio.Event()
+        self.error: BaseException | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def run(self) -> None:
+        try:
+            self.call()
+        except BaseException as error:
+            self.error = error
+            raise
+        finally:
+            if self.on_end is not None:
+                self.on_end()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+                self.loop.call_soon_threadsafe(self.ended.set)
+
+    async def exit_when_ended(self, exits: contextlib.AsyncExitStack) -> None:
+        await self.ended.wait()
+        await exit_dependencies(exits, self.error)
 
 
-def _close_from_thread(exits: contextlib.AsyncExitStack, error: BaseException | None) -> None:
-    with contextlib.suppress(RuntimeError):  # the event loop is gone, and what it ran with it
-        anyio.from_thread.run(_close, exits, error)
-
-
-async def _close(exits: contextlib.AsyncExitStack, error: BaseException | None) -> None:
-    with anyio.CancelScope(shield=True):  # a cancelled attempt still closes what it opened
-        if error is None:
-            await exits.aclose()
-        else:
-            await exits.__aexit__(type(error), error, error.__traceback__)
+# Clean-ups waiting for abandoned threads, held until they are done.
+_later: set[asyncio.Task[None]] = set()
 
 
 async def _no_request() -> Any:

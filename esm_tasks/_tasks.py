@@ -94,8 +94,7 @@ def check_call(
         _good_shapes.add(key)
 
 
-def then(call: Callable[[], object], after: Callable[[], None]) -> None:
-    """Call `call`, then `after`, whatever happens."""
+def _then(call: Callable[[], object], after: Callable[[], None]) -> None:
     try:
         call()
     finally:
@@ -280,7 +279,8 @@ class BackgroundTask(Task):
         task keeps no frame of ours alive around it. A sync function runs in a worker
         thread taken from `threads` (anyio's default pool when None); if the call is
         cancelled, its thread is left to finish on its own, and `on_thread_end` is
-        called in it when it does.
+        called in it when it does (on the loop instead, if the call fails before a thread
+        starts, as when a dependency of the task's fails).
         """
         if self._dependencies is not None:
             return self._dependencies.call(
@@ -291,7 +291,7 @@ class BackgroundTask(Task):
             return result
         call: Callable[[], Any] = functools.partial(self.func, *self.args, **self.kwargs)
         if on_thread_end is not None:
-            call = functools.partial(then, call, on_thread_end)
+            call = functools.partial(_then, call, on_thread_end)
         return anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
     async def __call__(self) -> None:

@@ -5,6 +5,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, post, task_policy
@@ -213,3 +215,96 @@ def test_background_task_takes_its_function_by_keyword_as_lilya_and_starlette_do
     tasks = BackgroundTasks()
     tasks.add_task(func=greet, name="bob")
     assert tasks.tasks[0].kwargs == {"name": "bob"}  # type: ignore[attr-defined]
+
+
+async def test_sync_tasks_with_sync_generator_dependencies_cannot_exhaust_the_pool() -> None:
+    # Two tasks at once on a pool of two threads: cleaning up must not need a third.
+    both_in_threads = threading.Barrier(2, timeout=10)
+    closed: list[int] = []
+
+    def resource() -> Iterator[int]:
+        yield 1
+        closed.append(1)
+
+    def work(n: int, db: Annotated[int, Depends(resource)]) -> None:
+        both_in_threads.wait()
+
+    group = BackgroundTasks([BackgroundTask(work, 1), BackgroundTask(work, 2)], as_group=True)
+
+    @post("/both", background=group)
+    async def handler() -> None: ...
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = 2
+    async with TestClient(App(routes=[handler])) as http:
+        with anyio.fail_after(10):
+            await http.post("/both")
+    assert closed == [1, 1]
+
+
+async def test_a_timeout_while_dependencies_resolve_gives_the_thread_slot_back(
+    task_log: list[logging.LogRecord],
+) -> None:
+    async def never_ready() -> int:
+        await anyio.sleep_forever()
+        return 0
+
+    @task_policy(timeout=0.05)
+    def export(db: Annotated[int, Depends(never_ready)]) -> None: ...
+
+    ran: list[str] = []
+
+    def after() -> None:
+        ran.append("after")
+
+    @post("/export", background=[BackgroundTask(export), after])
+    async def handler() -> None: ...
+
+    app = App(routes=[handler], task_threads=1)
+    async with TestClient(app) as http:
+        with anyio.fail_after(10):
+            await http.post("/export")
+    assert ran == ["after"]
+    assert app.task_settings.thread_limiter.borrowed_tokens == 0  # type: ignore[union-attr]
+    assert failed_task_names(task_log) == ["export"]  # timed out
+
+
+async def test_a_sync_tasks_failing_clean_up_fails_the_task_like_an_async_ones(
+    task_log: list[logging.LogRecord],
+) -> None:
+    async def session() -> AsyncIterator[str]:
+        yield "db"
+        raise RuntimeError("commit failed")
+
+    def sync_task(db: Annotated[str, Depends(session)]) -> None: ...
+
+    async def async_task(db: Annotated[str, Depends(session)]) -> None: ...
+
+    @post("/x", background=[BackgroundTask(sync_task), BackgroundTask(async_task)])
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as http:
+        await http.post("/x")
+    assert failed_task_names(task_log) == ["sync_task", "async_task"]
+    assert all("commit failed" in repr(r.exc_info) for r in task_log if r.levelno >= 40)
+
+
+async def test_an_abandoned_threads_dependencies_clean_up_when_it_ends() -> None:
+    release = threading.Event()
+    closed = threading.Event()
+
+    def resource() -> Iterator[str]:
+        yield "db"
+        closed.set()
+
+    @task_policy(timeout=0.05)
+    def stuck(db: Annotated[str, Depends(resource)]) -> None:
+        release.wait(10)  # outlives its timeout: esm_tasks stops waiting, the thread goes on
+
+    @post("/stuck", background=BackgroundTask(stuck))
+    async def handler() -> None: ...
+
+    async with TestClient(App(routes=[handler])) as http:
+        await http.post("/stuck")
+    assert not closed.is_set()  # the thread still uses what its dependency gave it
+    release.set()
+    assert await anyio.to_thread.run_sync(closed.wait, 10)
