@@ -9,7 +9,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
@@ -18,7 +18,8 @@ from lilya.requests import Request
 from lilya.types import Receive, Scope
 from pydantic import TypeAdapter, ValidationError
 
-from ._responses import ResponseDraft, ResponseTasks
+if TYPE_CHECKING:
+    from ._responses import ResponseDraft, ResponseTasks
 
 MISSING: Any = object()  # what a getter returns for a value it could not make
 EMPTY: Any = inspect.Parameter.empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -40,3 +41,22 @@ def Depends(dependency: Callable[..., Any] | None = None, *, scope: Scope = "req
     if scope not in ("request", "function"):
         raise ValueError(f'Depends(scope=...) takes "request" or "function", got {scope!r}')
     return Dependency(dependency, scope)
+
+
+def marker_of(parameter: inspect.Parameter, func: Callable[..., Any]) -> Dependency | None:
+    """The `Depends` marker a parameter declares, in its default or its `Annotated`
+    metadata, if any. An annotation written as a string is read in `func`'s module; one
+    that names what the module does not define at run time declares none."""
+    if isinstance(parameter.default, Dependency):
+        return parameter.default
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        namespace = getattr(inspect.unwrap(func), "__globals__", {})
+        try:
+            annotation = eval(annotation, namespace)  # as typing.get_type_hints does
+        except Exception:  # a name imported only for type checkers, say
+            return None
+    for item in getattr(annotation, "__metadata__", ()):
+        if isinstance(item, Dependency):
+            return item
+    return None

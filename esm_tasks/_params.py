@@ -36,7 +36,7 @@ from ._binding import (
     get_request,
     get_tasks,
 )
-from ._depends import Dependency
+from ._depends import Dependency, marker_of
 from ._responses import ResponseDraft
 
 BODY_NAMES = frozenset({"data", "payload"})
@@ -135,10 +135,11 @@ def plan_dependencies(
     needs: set[str] = set()
     others: list[inspect.Parameter] = []
     for parameter in inspect.signature(func).parameters.values():
-        annotation, marker = _declared(parameter, func, where)
-        if marker is None:
+        if marker_of(parameter, func) is None:  # one the task's arguments fill: left as it is
             others.append(parameter)
             continue
+        annotation, marker = _declared(parameter, func, where)
+        assert marker is not None  # marker_of found it
         dependency = _plan_dependency(
             marker, annotation, parameter, frozenset(), where, (func,), True
         )

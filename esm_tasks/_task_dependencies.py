@@ -1,5 +1,5 @@
-"""A task function's own `Depends` parameters: planned when a task is built, resolved at
-each attempt, wherever it runs, and cleaned up after that attempt.
+"""A task function's own `Depends` parameters: found and planned when a task is built,
+resolved at each attempt, wherever it runs, and cleaned up after that attempt.
 
     async def send_receipt(order_id: int, db: Annotated[Session, Depends(get_db)]) -> None: ...
 
@@ -16,17 +16,82 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import types
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from ._binding import Binding
+from ._depends import Dependency, marker_of
 from ._execution import task_in
-from ._params import Plan, plan_dependencies
 from ._run import exit_dependencies
-from ._tasks import task_name
+
+if TYPE_CHECKING:
+    from ._params import Plan
+
+# Code of plain functions that declare no Depends: a function's annotations are fixed by its
+# code, so they are read once per code, not once per task. Bounded: closures made per request
+# share their code.
+_no_dependencies: set[types.CodeType] = set()
+_MAX_CODES = 4096
+_with_dependencies: weakref.WeakKeyDictionary[object, TaskDependencies] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def plain_code(func: object) -> types.CodeType | None:
+    """A plain function's code, unless its `__dict__` holds `__wrapped__` or `__signature__`,
+    which change what inspect reports of it."""
+    if type(func) is not types.FunctionType:
+        return None
+    attributes = func.__dict__
+    if attributes and ("__wrapped__" in attributes or "__signature__" in attributes):
+        return None
+    return func.__code__
+
+
+def dependencies_of(func: object) -> TaskDependencies | None:
+    """What a task function's own `Depends` parameters need, if it declares any."""
+    code = plain_code(func)
+    if code is not None and _has_marker_default(func):
+        code = None  # its defaults, not only its code, declare Depends
+    if code is not None and code in _no_dependencies:
+        return None
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: it takes no weak reference
+        return _with_dependencies[func]
+    try:
+        parameters = inspect.signature(func).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not callable, or a builtin without a signature
+        return None
+    if not any(marker_of(parameter, func) for parameter in parameters):  # type: ignore[arg-type]
+        if code is not None:
+            if len(_no_dependencies) >= _MAX_CODES:
+                _no_dependencies.clear()
+            _no_dependencies.add(code)
+        return None
+    from ._tasks import task_name
+
+    dependencies = TaskDependencies(func, f"background task {task_name(func)}")  # type: ignore[arg-type]
+    with contextlib.suppress(TypeError):
+        _with_dependencies[func] = dependencies
+    return dependencies
+
+
+def _has_marker_default(func: Any) -> bool:
+    defaults, keyword_defaults = func.__defaults__, func.__kwdefaults__
+    if defaults is not None:
+        for value in defaults:
+            if isinstance(value, Dependency):
+                return True
+    if keyword_defaults is not None:
+        for value in keyword_defaults.values():
+            if isinstance(value, Dependency):
+                return True
+    return False
+
 
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -37,6 +102,8 @@ class TaskDependencies:
     __slots__ = ("by_name", "plan", "signature")
 
     def __init__(self, func: Callable[..., Any], where: str) -> None:
+        from ._params import plan_dependencies  # it needs the whole package
+
         self.plan: Plan
         self.plan, others = plan_dependencies(func, where)
         self.signature = inspect.Signature(list(others))
@@ -51,7 +118,7 @@ class TaskDependencies:
         self.by_name = bool(by_position)
         if self.by_name and any(p.kind not in (*_KEYWORD, p.VAR_KEYWORD) for p in others):
             raise TypeError(
-                f"{where}: {task_name(func)} takes arguments by position only, and Depends "
+                f"{where}: it takes arguments by position only, and Depends "
                 f"parameter {by_position[0].name!r} before them; make the Depends parameters "
                 "keyword-only (after a *)"
             )

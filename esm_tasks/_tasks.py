@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import types
@@ -15,20 +14,19 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
-from ._depends import Dependency
 from ._execution import abandon, run_in_order, run_isolated
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
+from ._task_dependencies import TaskDependencies, dependencies_of, plain_code
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-    from ._task_dependencies import TaskDependencies
 
 P = ParamSpec("P")
 
 # Whether a call shape binds depends only on the function's code and on which
 # defaults it has, so one check serves every later call of the same shape.
 # Closures made per request share their code object, which keeps this bounded.
+# Only functions without Depends parameters are remembered.
 _good_shapes: set[object] = set()
 _MAX_SHAPES = 4096
 
@@ -42,35 +40,24 @@ def task_name(func: Callable[..., Any]) -> str:
 
 
 def _shape_key(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
-    # Only plain functions qualify: a __dict__ may hold __wrapped__ or
-    # __signature__, which change what inspect.signature reports.
-    if type(func) is not types.FunctionType:
+    code = plain_code(func)
+    if code is None:
         return None
-    attributes = func.__dict__
-    if attributes and ("__wrapped__" in attributes or "__signature__" in attributes):
-        return None
-    if not args and not kwargs and func.__defaults__ is None and func.__kwdefaults__ is None:
-        return func.__code__  # the common bare call: no tuple to build
-    return (
-        func.__code__,
-        len(func.__defaults__ or ()),
-        tuple(func.__kwdefaults__ or ()),
-        len(args),
-        tuple(kwargs),
-    )
+    defaults, keyword_defaults = func.__defaults__, func.__kwdefaults__  # type: ignore[attr-defined]
+    if not args and not kwargs and defaults is None and keyword_defaults is None:
+        return code  # the common bare call: no tuple to build
+    return (code, len(defaults or ()), tuple(keyword_defaults or ()), len(args), tuple(kwargs))
 
 
-def check_call(
+def _check_call(
     func: object,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    dependencies: TaskDependencies | None = None,
+    dependencies: TaskDependencies | None,
+    key: object,
 ) -> None:
     """Raise TypeError, naming the function, unless `func(*args, **kwargs)` would bind,
-    once its `Depends` parameters are filled."""
-    key = _shape_key(func, args, kwargs)
-    if key is not None and key in _good_shapes:
-        return
+    once its `Depends` parameters are filled; remember a shape that binds."""
     if inspect.iscoroutine(func):
         _refuse_coroutine(func, "BackgroundTask")
     if not callable(func):
@@ -88,7 +75,7 @@ def check_call(
         raise TypeError(
             f"the arguments given for background task {name} do not fit {name}{signature}: {error}"
         ) from None
-    if key is not None:
+    if key is not None and dependencies is None:  # a known shape means: no Depends either
         if len(_good_shapes) >= _MAX_SHAPES:
             _good_shapes.clear()
         _good_shapes.add(key)
@@ -101,83 +88,14 @@ def _then(call: Callable[[], object], after: Callable[[], None]) -> None:
         after()
 
 
-# Code of functions whose annotations declare no Depends; the tasks whose functions do.
-_no_dependencies: set[types.CodeType] = set()
-_with_dependencies: dict[object, TaskDependencies] = {}
+def _split(kwargs: dict[str, Any]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The function of a task built with `func=`, as Lilya's and Starlette's tasks take it.
 
-
-def dependencies_of(func: object) -> TaskDependencies | None:
-    """What a task function's own `Depends` parameters need, if it has any."""
-    # Otherwise a function declares Depends, if at all, in its annotations, which its code
-    # fixes: they are read once per code, not per task.
-    code = None
-    if isinstance(func, types.FunctionType) and _code_decides(func):
-        code = func.__code__
-        if code in _no_dependencies:
-            return None
-    try:
-        return _with_dependencies[func]
-    except (KeyError, TypeError):  # not seen, or not hashable
-        pass
-    try:
-        parameters = inspect.signature(func).parameters.values()  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # not callable, or a builtin without a signature
-        return None
-    if not any(_declares_depends(parameter) for parameter in parameters):
-        if code is not None:
-            if len(_no_dependencies) >= _MAX_SHAPES:
-                _no_dependencies.clear()
-            _no_dependencies.add(code)
-        return None
-    from ._task_dependencies import TaskDependencies  # its planning needs the whole package
-
-    dependencies = TaskDependencies(func, f"background task {task_name(func)}")  # type: ignore[arg-type]
-    with contextlib.suppress(TypeError):
-        if len(_with_dependencies) >= _MAX_SHAPES:
-            _with_dependencies.clear()
-        _with_dependencies[func] = dependencies
-    return dependencies
-
-
-def _code_decides(func: types.FunctionType) -> bool:
-    """Whether `func`'s code alone says if it declares Depends: no marker among its
-    defaults, and no `__wrapped__` or `__signature__` that inspect would read instead."""
-    attributes = func.__dict__
-    if attributes and ("__wrapped__" in attributes or "__signature__" in attributes):
-        return False
-    defaults, keyword_defaults = func.__defaults__, func.__kwdefaults__
-    if defaults is not None:
-        for value in defaults:
-            if isinstance(value, Dependency):
-                return False
-    if keyword_defaults is not None:
-        for value in keyword_defaults.values():
-            if isinstance(value, Dependency):
-                return False
-    return True
-
-
-def _declares_depends(parameter: inspect.Parameter) -> bool:
-    if isinstance(parameter.default, Dependency):
-        return True
-    annotation = parameter.annotation
-    if isinstance(annotation, str):  # PEP 563: read it only if it may say Depends
-        return "Depends" in annotation
-    return any(isinstance(item, Dependency) for item in getattr(annotation, "__metadata__", ()))
-
-
-def _split(
-    args: tuple[Any, ...], kwargs: dict[str, Any], where: str
-) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    """The function a task calls, given first or as `func=`, and the arguments that follow.
-
-    Given first, a `func=` keyword is the function's own argument.
+    Given first, by position, a `func=` keyword is the function's own argument.
     """
-    if args:
-        return args[0], args[1:]
     if "func" in kwargs:
         return kwargs.pop("func"), ()
-    raise TypeError(f"{where}() needs the function to call: {where}(func, *args, **kwargs)")
+    raise TypeError("BackgroundTask() needs the function to call: BackgroundTask(func, ...)")
 
 
 def _refuse_coroutine(coroutine: types.CoroutineType[Any, Any, Any], where: str) -> NoReturn:
@@ -207,9 +125,16 @@ class BackgroundTask(Task):
     else:
 
         def __init__(self, *args, **kwargs):
-            func, args = _split(args, kwargs, "BackgroundTask")
+            if args:
+                func, args = args[0], args[1:]
+            else:
+                func, args = _split(kwargs)
+            key = _shape_key(func, args, kwargs)
+            if key is not None and key in _good_shapes:  # fits, and declares no Depends
+                self._set(func, args, kwargs, None)
+                return
             dependencies = dependencies_of(func)
-            check_call(func, args, kwargs, dependencies)
+            _check_call(func, args, kwargs, dependencies, key)
             self._set(func, args, kwargs, dependencies)
 
     @classmethod

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pytest
 from pydantic import BaseModel
 
-from esm_tasks import App, BackgroundTasks, Depends, Response, get, post
+from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, Response, get, post
 from esm_tasks.testing import TestClient
 
 from .support import Events
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 pytestmark = pytest.mark.anyio
 
@@ -77,3 +80,22 @@ async def test_string_annotated_depends_bind_in_handlers_and_tasks() -> None:
     async with TestClient(App(routes=[me])) as http:
         assert (await http.post("/me")).json() == 7
     assert _seen == [7]
+
+
+async def _session() -> str:
+    return "session"
+
+
+SessionDep = Annotated[str, Depends(_session)]  # FastAPI's alias style
+_received: list[tuple[object, ...]] = []
+
+
+async def _charge(amount: Decimal, db: SessionDep) -> None:
+    _received.append((amount, db))
+
+
+async def test_a_task_sees_an_aliased_dependency_beside_a_type_checking_only_annotation() -> None:
+    # `Decimal` is imported for type checkers only: the task still builds, and `SessionDep`,
+    # a name for Annotated[..., Depends(...)], is found as a handler would find it.
+    await BackgroundTask(_charge, 5)()
+    assert _received == [(5, "session")]

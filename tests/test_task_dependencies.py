@@ -1,7 +1,9 @@
 """Task functions with dependencies of their own: resolved per attempt, cleaned up after it."""
 
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
@@ -308,3 +310,49 @@ async def test_an_abandoned_threads_dependencies_clean_up_when_it_ends() -> None
     assert not closed.is_set()  # the thread still uses what its dependency gave it
     release.set()
     assert await anyio.to_thread.run_sync(closed.wait, 10)
+
+
+async def test_task_functions_of_every_shape_may_declare_dependencies() -> None:
+    received: list[object] = []
+
+    def db() -> str:
+        return "db"
+
+    async def many(*emails: str, session: str = Depends(db)) -> None:
+        received.append((emails, session))
+
+    async def positional(email: str, /, *, session: str = Depends(db)) -> None:
+        received.append((email, session))
+
+    async def extra(email: str, *, session: str = Depends(db), **more: str) -> None:
+        received.append((email, session, more))
+
+    await BackgroundTask(many, "a@x", "b@x")()
+    await BackgroundTask(positional, "c@x")()
+    await BackgroundTask(extra, "d@x", tag="vip")()
+    assert received == [
+        (("a@x", "b@x"), "db"),
+        ("c@x", "db"),
+        ("d@x", "db", {"tag": "vip"}),
+    ]
+
+
+def test_a_task_function_made_per_request_is_not_kept_alive() -> None:
+    def db() -> str:
+        return "db"
+
+    class Payload:
+        pass
+
+    def make() -> tuple[BackgroundTask, weakref.ref[Payload]]:
+        payload = Payload()
+
+        async def send(session: str = Depends(db)) -> None:
+            print(payload)
+
+        return BackgroundTask(send), weakref.ref(payload)
+
+    task, alive = make()
+    del task
+    gc.collect()
+    assert alive() is None
