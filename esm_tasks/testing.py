@@ -214,11 +214,19 @@ class TestClient(httpx.AsyncClient):
             lines = "\n".join(f"  {task}" for task in found)
             raise AssertionError(f"{_call(_name(func), args, kwargs)} was scheduled:\n{lines}")
 
+    async def __aexit__(self, *exc_info: Any) -> None:
+        # Whatever captured requests opened for their tasks closes with the client: a test
+        # that never runs them must not leave a session or a lock held.
+        for run, _, _ in self._watcher.pending:
+            await run.release()
+        await super().__aexit__(*exc_info)
+
     async def run_scheduled(self) -> None:
         """Run the tasks captured so far, request by request, each in its order, once.
 
         A request's generator dependencies clean up after its tasks, here, as they would
-        have after the response: the tasks find open what the request opened for them.
+        have after the response: the tasks find open what the request opened for them. Once
+        the client is closed, they have cleaned up already.
         """
         pending, self._watcher.pending = self._watcher.pending, []
         token = observer.set(_Observer(capture=False, events=self._watcher.events))

@@ -291,6 +291,9 @@ async def test_captured_tasks_find_their_dependencies_open_when_run_later() -> N
         assert events == []
         await http.run_scheduled()
         assert events == ["the captured task used an open session", "session closed"]
+        await http.post("/captured")  # never run: its session closes with the client
+        assert events.count("session closed") == 1
+    assert events.count("session closed") == 2
 
 
 async def test_a_clean_up_that_raises_after_the_response_is_logged(
