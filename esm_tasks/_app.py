@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from lilya.apps import Lilya
 from lilya.conf import settings as lilya_settings
+from lilya.conf.global_settings import Settings as LilyaSettings
 from lilya.logging import StandardLoggingConfig
 from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
@@ -152,8 +153,14 @@ def _leave_logging_alone(options: dict[str, Any]) -> None:
     """
     if "logging_config" in options or "settings_module" in options:
         return
-    if type(lilya_settings.logging_config) is not StandardLoggingConfig:
-        return  # the project's own settings chose
+    configured = lilya_settings.logging_config
+    default = StandardLoggingConfig(level=LilyaSettings.logging_level)
+    if not (
+        type(configured) is StandardLoggingConfig
+        and configured.options == default.options
+        and configured.config == default.config
+    ):
+        return  # the project's own settings chose a configuration: Lilya applies it
     options["logging_config"] = StandardLoggingConfig(skip_setup_configure=True)
 
 

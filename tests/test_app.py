@@ -1,6 +1,10 @@
 """App settings: app and include tasks, the error hook, task events, and concurrency limits."""
 
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 import threading
 
 import anyio
@@ -402,3 +406,21 @@ async def test_caplog_sees_a_failed_task_when_the_test_builds_an_app(
     assert record.levelno == logging.ERROR
     assert "send_email" in record.getMessage()
     assert "POST /signup" in record.getMessage()
+
+
+def test_logging_that_the_projects_lilya_settings_choose_is_applied() -> None:
+    program = (
+        "import logging; from esm_tasks import App; App(routes=[]); "
+        "logging.getLogger('demo').warning('hello')"
+    )
+    environment = {**os.environ, "LILYA_SETTINGS_MODULE": "tests.logging_settings.ProjectSettings"}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=environment,
+        cwd=pathlib.Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stderr == "PROJECT demo: hello\n"
