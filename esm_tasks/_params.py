@@ -7,11 +7,12 @@ parameter a getter from `_binding`; a request only runs the getters.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
@@ -178,10 +179,11 @@ def _plan(
         else:
             try:
                 getter, source, need = _getter(parameter, annotation, path_params)
-            except PydanticUserError as error:
+            except (PydanticUserError, _Unreadable) as error:
+                reason = str(error).partition("\n")[0]  # pydantic's first line says it all
                 raise TypeError(
                     f"{where}: parameter {parameter.name!r} of {func.__qualname__} is annotated "
-                    f"{_show(annotation)}, which esm_tasks cannot read from a request ({error}); "
+                    f"{_show(annotation)}, which esm_tasks cannot read from a request: {reason}; "
                     "use Depends for a value made in code"
                 ) from None
             needs |= need
@@ -208,6 +210,13 @@ def _declared(
             "values by name"
         )
     annotation = _resolve(parameter.annotation, func, name, where)
+    for item in (parameter.default, *getattr(annotation, "__metadata__", ())):
+        if _is_foreign_marker(item):
+            raise TypeError(
+                f"{where}: parameter {name!r} of {_name(func)} uses {type(item).__module__}'s "
+                f"{type(item).__name__.lstrip('_')}, which esm_tasks does not read; use "
+                "esm_tasks.Depends"
+            )
     marker = parameter.default if isinstance(parameter.default, Dependency) else None
     if typing.get_origin(annotation) is Annotated:
         inner, *metadata = typing.get_args(annotation)
@@ -285,6 +294,11 @@ def _getter(
         adapter = TypeAdapter(Any if annotation is EMPTY else annotation)
         getter = functools.partial(get_body, name, adapter, parameter.default)
         return getter, "body", frozenset({"body"})
+    if not _query_can_hold(base):
+        raise _Unreadable(
+            "a query string holds text and lists of it, not a mapping, a dataclass or a "
+            "function; read it from the body, or make it with Depends"
+        )
     many = _is_sequence(base)
     getter = functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
     return getter, "query", frozenset()
@@ -304,6 +318,20 @@ def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -
         ) from None
 
 
+_FOREIGN_MARKERS = frozenset({"Depends", "Provide", "Provides", "Security", "Resolve", "Inject"})
+
+
+def _is_foreign_marker(value: object) -> bool:
+    """Whether `value` is another framework's dependency marker (Lilya's, FastAPI's...)."""
+    kind = type(value)
+    return kind.__name__.lstrip("_") in _FOREIGN_MARKERS and kind.__module__.partition(".")[0] in (
+        "lilya",
+        "fastapi",
+        "esmerald",
+        "starlette",
+    )
+
+
 def _base(annotation: Any) -> Any:
     """The type an `Annotated` annotation annotates; any other, as it is."""
     return (
@@ -320,7 +348,11 @@ def _has_signature(func: Any) -> bool:
 
 
 def _show(annotation: Any) -> str:
-    return getattr(annotation, "__qualname__", None) or repr(annotation)
+    return str(annotation.__qualname__) if _is_class(annotation) else repr(annotation)
+
+
+class _Unreadable(Exception):
+    """A parameter's type that no request can fill."""
 
 
 def _name(func: Callable[..., Any]) -> str:
@@ -337,6 +369,21 @@ def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
     if annotation is EMPTY or annotation is str or annotation is Any:
         return None
     return TypeAdapter(annotation)
+
+
+def _query_can_hold(annotation: Any) -> bool:
+    """Whether some value of the type can come from a query string."""
+    origin = typing.get_origin(annotation)
+    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
+        return any(_query_can_hold(arg) for arg in typing.get_args(annotation))
+    kind = origin or annotation
+    if not _is_class(kind):
+        return True  # Any, a Literal, a NewType: pydantic decides
+    return not (
+        issubclass(kind, (Mapping, Callable))  # type: ignore[arg-type]
+        or dataclasses.is_dataclass(kind)
+        or typing.is_typeddict(kind)
+    )
 
 
 def _is_sequence(annotation: Any) -> bool:

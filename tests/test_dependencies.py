@@ -331,3 +331,26 @@ async def test_a_request_cancelled_in_its_handler_still_cleans_up() -> None:
         await handler_waits.wait()
         group.cancel_scope.cancel()  # as a server does when the client is gone
     assert events == ["session closed"]
+
+
+def test_a_query_parameter_no_query_string_can_fill_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"GET /f: parameter 'filters' .*dict\[str, int\].*mapping"):
+
+        @get("/f")
+        async def f(filters: dict[str, int]) -> None: ...
+
+
+@pytest.mark.parametrize("form", ["default", "annotated"])
+def test_another_frameworks_depends_is_refused_by_name(form: str) -> None:
+    from lilya.dependencies import Depends as LilyaDepends
+
+    def get_db() -> str:
+        return "db"
+
+    async def by_default(db: str = LilyaDepends(get_db)) -> None: ...
+
+    async def annotated(db: Annotated[str, LilyaDepends(get_db)]) -> None: ...
+
+    handler = by_default if form == "default" else annotated
+    with pytest.raises(TypeError, match=r"GET /db: parameter 'db' .*use esm_tasks.Depends"):
+        get("/db")(handler)
