@@ -295,10 +295,7 @@ def _getter(
         getter = functools.partial(get_body, name, adapter, parameter.default)
         return getter, "body", frozenset({"body"})
     if not _query_can_hold(base):
-        raise _Unreadable(
-            "a query string holds text and lists of it, not a mapping, a dataclass or a "
-            "function; read it from the body, or make it with Depends"
-        )
+        raise _Unreadable("a query string holds text and lists of it, not a mapping, a dataclass")
     many = _is_sequence(base)
     getter = functools.partial(get_query, name, _adapter(annotation), parameter.default, many)
     return getter, "query", frozenset()

@@ -115,7 +115,7 @@ class _Endpoint:
             await response(scope, receive, watch or send)
         except Exception as raised:
             if watch is not None and not watch.failed:
-                error = raised  # the body failed, not the client's connection
+                error = _alone(raised)  # the body failed, not the client's connection
             raise
         finally:
             # The handler returned: its tasks are owed, even if sending failed.
@@ -219,6 +219,16 @@ class _Endpoint:
             detach(steps, run, contextvars.copy_context())
         else:
             await run_steps(steps, run)
+
+
+def _alone(error: Exception) -> Exception:
+    """The one exception of a group that holds one (Lilya streams in a task group), so that a
+    dependency's `except SomeError:` sees what the body raised."""
+    inner = getattr(error, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], Exception):
+        error = inner[0]
+        inner = getattr(error, "exceptions", None)
+    return error
 
 
 _INVALID: Any = object()  # what `_Endpoint.call` returns for a request that does not bind

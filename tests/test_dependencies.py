@@ -354,3 +354,21 @@ def test_another_frameworks_depends_is_refused_by_name(form: str) -> None:
     handler = by_default if form == "default" else annotated
     with pytest.raises(TypeError, match=r"GET /db: parameter 'db' .*use esm_tasks.Depends"):
         get("/db")(handler)
+
+
+async def test_a_dependency_sees_what_a_streaming_body_raised() -> None:
+    events = Events()
+    async_session, _ = session_dependency(events)
+
+    @get("/export")
+    async def export(session: Annotated[Session, Depends(async_session)]) -> StreamingResponse:
+        async def rows() -> AsyncIterator[bytes]:
+            yield b"row\n"
+            raise RuntimeError("the database went away")
+
+        return StreamingResponse(rows())
+
+    with pytest.raises(Exception) as raised:  # noqa: PT011 (Lilya may wrap it in a group)
+        await drive(App(routes=[export]), "GET", "/export", events)
+    assert "the database went away" in repr(raised.value)
+    assert events == ["response started", "rolled back", "session closed"]
