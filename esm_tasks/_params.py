@@ -142,7 +142,7 @@ def plan_dependencies(
         annotation, marker = _declared(parameter, func, where)
         assert marker is not None  # marker_of found it
         dependency = _plan_dependency(
-            marker, annotation, parameter, frozenset(), where, (func,), True
+            marker, annotation, parameter, frozenset(), where, (func,), for_task=True
         )
         needs |= dependency.plan.needs
         params.append(Param(parameter.name, None, dependency, "dependency", annotation))
@@ -154,8 +154,11 @@ def _plan(
     path_params: frozenset[str],
     where: str,
     outer: tuple[Callable[..., Any], ...],
+    *,
     for_task: bool,
 ) -> Plan:
+    """`outer`: the functions that depend on this one, to refuse a cycle. `for_task`: planned
+    for a task's dependency, which runs without a request."""
     signature = inspect.signature(func)
     params: list[Param] = []
     needs: set[str] = set()
@@ -163,7 +166,7 @@ def _plan(
         annotation, marker = _declared(parameter, func, where)
         if marker is not None:
             dependency = _plan_dependency(
-                marker, annotation, parameter, path_params, where, (*outer, func), for_task
+                marker, annotation, parameter, path_params, where, (*outer, func), for_task=for_task
             )
             needs |= dependency.plan.needs
             params.append(Param(parameter.name, None, dependency, "dependency", annotation))
@@ -241,6 +244,7 @@ def _plan_dependency(
     path_params: frozenset[str],
     where: str,
     outer: tuple[Callable[..., Any], ...],
+    *,
     for_task: bool,
 ) -> DependencyPlan:
     func = marker.dependency
@@ -254,7 +258,7 @@ def _plan_dependency(
             )
     if func in outer:
         raise TypeError(f"{where}: {_name(outer[-1])} depends on itself through Depends")
-    plan = _plan(func, path_params, where, outer, for_task)
+    plan = _plan(func, path_params, where, outer, for_task=for_task)
     early = marker.scope == "function"
     key: object = (func, "function") if early else func
     call_it: Callable[[Binding, dict[str, Any]], Awaitable[Any]]
