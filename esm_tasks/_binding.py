@@ -40,6 +40,7 @@ class Binding:
         "receive",
         "scope",
         "tasks",
+        "threads",
     )
 
     def __init__(
@@ -57,6 +58,7 @@ class Binding:
         self.draft = draft
         self.exits = exits  # generator dependencies that clean up when the request's work is done
         self.early_exits = early_exits  # those with scope="function": when the handler returns
+        self.threads: anyio.CapacityLimiter | None = None  # sync dependencies' pool: the default
         self.body = b""
         self.cache: dict[object, Any] = {}
         self.errors: list[dict[str, Any]] = []
@@ -184,6 +186,12 @@ async def call(func: Callable[..., Awaitable[Any]], _: Binding, values: dict[str
     return await func(**values)
 
 
+async def call_in_thread(func: Callable[..., Any], binding: Binding, values: dict[str, Any]) -> Any:
+    return await anyio.to_thread.run_sync(
+        functools.partial(func, **values), limiter=binding.threads
+    )
+
+
 def get_default(default: Any, _: Binding) -> Any:
     return default
 
@@ -211,10 +219,20 @@ async def enter_sync(
 ) -> Any:
     stack = _exits(binding, early)
     manager = factory(**values)
-    value = await anyio.to_thread.run_sync(manager.__enter__)
+    threads = binding.threads
+    entered = False
+
+    def enter() -> Any:
+        nonlocal entered
+        value = manager.__enter__()
+        entered = True
+        return value
 
     async def exit_in_thread(*exc_info: Any) -> bool | None:
-        return await anyio.to_thread.run_sync(manager.__exit__, *exc_info)
+        if not entered:
+            return None
+        return await anyio.to_thread.run_sync(manager.__exit__, *exc_info, limiter=threads)
 
+    # Pushed first: cancelled while its thread enters, it is still exited once entered.
     stack.push_async_exit(exit_in_thread)
-    return value
+    return await anyio.to_thread.run_sync(enter, limiter=threads)

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import math
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 import anyio
 import anyio.from_thread
+import anyio.to_thread
 from lilya.background import Task
 from lilya.types import Message, Scope, Send
 
@@ -344,8 +346,8 @@ def _give_back(held: Sequence[anyio.CapacityLimiter], borrower: object) -> None:
 
 
 def _give_back_from_thread(held: Sequence[anyio.CapacityLimiter], borrower: object) -> None:
-    """Give the slots back from the task's thread as it ends, or on the loop if the task
-    failed before a thread started."""
+    """Give the slots back from the task's thread as it ends, or on the loop if no thread
+    started."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # in the worker thread, as usual
@@ -353,6 +355,60 @@ def _give_back_from_thread(held: Sequence[anyio.CapacityLimiter], borrower: obje
             anyio.from_thread.run_sync(_give_back, held, borrower)
     else:
         _give_back(held, borrower)
+
+
+class ThreadCall:
+    """A sync task's call in a worker thread that esm_tasks may stop waiting for.
+
+    `on_end` is called once: in the thread as it ends, or, if the call is cancelled before a
+    thread took it up (a timeout while waiting for one), on the loop. A lock settles which,
+    as anyio may drop a queued call whose caller was cancelled.
+    """
+
+    __slots__ = ("_lock", "abandoned", "call", "ended", "error", "loop", "on_end", "started")
+
+    def __init__(
+        self, call: Callable[[], object], on_end: Callable[[], None] | None, *, tells: bool
+    ) -> None:
+        self.call = call
+        self.on_end = on_end
+        self._lock = threading.Lock()
+        self.started = self.abandoned = False
+        self.error: BaseException | None = None
+        # `tells`: set `ended` when the call is over, to wait for it even once abandoned.
+        self.ended = asyncio.Event() if tells else None
+        self.loop = asyncio.get_running_loop()
+
+    async def run(self, threads: anyio.CapacityLimiter | None) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._in_thread, abandon_on_cancel=True, limiter=threads)
+        except anyio.get_cancelled_exc_class():
+            with self._lock:
+                never_started = not self.started
+                self.abandoned = True
+            if never_started:
+                self._over()
+            raise
+
+    def _in_thread(self) -> None:
+        with self._lock:
+            if self.abandoned:
+                return
+            self.started = True
+        try:
+            self.call()
+        except BaseException as error:
+            self.error = error
+            raise
+        finally:
+            self._over()
+
+    def _over(self) -> None:
+        if self.on_end is not None:
+            self.on_end()
+        if self.ended is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+                self.loop.call_soon_threadsafe(self.ended.set)
 
 
 def _notify_started(task: NamedTask) -> None:

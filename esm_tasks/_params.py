@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 from lilya.background import Tasks
+from lilya.compat import is_async_callable
 from lilya.requests import Request
 from lilya.responses import Response as LilyaResponse
 from pydantic import BaseModel, PydanticUserError, TypeAdapter
@@ -25,8 +26,8 @@ from ._binding import (
     EMPTY,
     MISSING,
     Binding,
-    async_caller,
     call,
+    call_in_thread,
     enter_async,
     enter_sync,
     get_body,
@@ -267,7 +268,12 @@ def _plan_dependency(
     elif inspect.isgeneratorfunction(func):
         call_it = functools.partial(enter_sync, contextlib.contextmanager(func), early)
     else:
-        return DependencyPlan(func, plan, functools.partial(call, async_caller(func)), key)
+        caller = (
+            functools.partial(call, func)
+            if is_async_callable(func)
+            else functools.partial(call_in_thread, func)
+        )
+        return DependencyPlan(func, plan, caller, key)
     if not early and "early_exits" in plan.needs and not for_task:
         raise TypeError(
             f"{where}: {_name(func)} cleans up with the request, but depends on a dependency "

@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from ._binding import Binding
 from ._depends import Dependency, marker_of
-from ._execution import task_in
+from ._execution import ThreadCall, task_in
 from ._run import exit_dependencies
 
 if TYPE_CHECKING:
@@ -154,7 +154,9 @@ class TaskDependencies:
         """
         exits = contextlib.AsyncExitStack()
         try:
-            values = await self.plan.bind(Binding({}, _no_request, None, None, exits, exits))
+            binding = Binding({}, _no_request, None, None, exits, exits)
+            binding.threads = threads  # sync dependencies share the task's pool
+            values = await self.plan.bind(binding)
         except BaseException as error:
             if on_thread_end is not None:
                 on_thread_end()  # no thread will start: what it would give back, given here
@@ -170,12 +172,13 @@ class TaskDependencies:
                 raise
             await exit_dependencies(exits, None)
             return
-        thread = _Thread(functools.partial(func, *args, **kwargs), on_thread_end)
+        thread = ThreadCall(functools.partial(func, *args, **kwargs), on_thread_end, tells=True)
         try:
-            await anyio.to_thread.run_sync(thread.run, abandon_on_cancel=True, limiter=threads)
+            await thread.run(threads)
         except anyio.get_cancelled_exc_class() as cancelled:
+            assert thread.ended is not None  # tells=True
             if not thread.ended.is_set():  # left running: its dependencies outlive this call
-                later = task_in(contextvars.copy_context(), thread.exit_when_ended(exits))
+                later = task_in(contextvars.copy_context(), _exit_when_ended(thread, exits))
                 _later.add(later)
                 later.add_done_callback(_later.discard)
                 raise
@@ -187,33 +190,10 @@ class TaskDependencies:
         await exit_dependencies(exits, None)
 
 
-class _Thread:
-    """A sync task's call in a worker thread, which tells the loop when it has ended."""
-
-    __slots__ = ("call", "ended", "error", "loop", "on_end")
-
-    def __init__(self, call: Callable[[], object], on_end: Callable[[], None] | None) -> None:
-        self.call = call
-        self.on_end = on_end
-        self.ended = asyncio.Event()
-        self.error: BaseException | None = None
-        self.loop = asyncio.get_running_loop()
-
-    def run(self) -> None:
-        try:
-            self.call()
-        except BaseException as error:
-            self.error = error
-            raise
-        finally:
-            if self.on_end is not None:
-                self.on_end()
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
-                self.loop.call_soon_threadsafe(self.ended.set)
-
-    async def exit_when_ended(self, exits: contextlib.AsyncExitStack) -> None:
-        await self.ended.wait()
-        await exit_dependencies(exits, self.error)
+async def _exit_when_ended(thread: ThreadCall, exits: contextlib.AsyncExitStack) -> None:
+    assert thread.ended is not None
+    await thread.ended.wait()
+    await exit_dependencies(exits, thread.error)
 
 
 # Clean-ups waiting for abandoned threads, held until they are done.

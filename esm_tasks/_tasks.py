@@ -14,7 +14,7 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
-from ._execution import abandon, run_in_order, run_isolated
+from ._execution import ThreadCall, abandon, run_in_order, run_isolated
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 from ._task_dependencies import TaskDependencies, dependencies_of, plain_code
 
@@ -79,13 +79,6 @@ def _check_call(
         if len(_good_shapes) >= _MAX_SHAPES:
             _good_shapes.clear()
         _good_shapes.add(key)
-
-
-def _then(call: Callable[[], object], after: Callable[[], None]) -> None:
-    try:
-        call()
-    finally:
-        after()
 
 
 def _split(kwargs: dict[str, Any]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
@@ -204,8 +197,8 @@ class BackgroundTask(Task):
         task keeps no frame of ours alive around it. A sync function runs in a worker
         thread taken from `threads` (anyio's default pool when None); if the call is
         cancelled, its thread is left to finish on its own, and `on_thread_end` is
-        called in it when it does (on the loop instead, if the call fails before a thread
-        starts, as when a dependency of the task's fails).
+        called in it when it does (on the loop instead, if no thread starts: cancelled
+        before one is free, or a dependency of the task's failed).
         """
         if self._dependencies is not None:
             return self._dependencies.call(
@@ -216,7 +209,7 @@ class BackgroundTask(Task):
             return result
         call: Callable[[], Any] = functools.partial(self.func, *self.args, **self.kwargs)
         if on_thread_end is not None:
-            call = functools.partial(_then, call, on_thread_end)
+            return ThreadCall(call, on_thread_end, tells=False).run(threads)
         return anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=threads)
 
     async def __call__(self) -> None:

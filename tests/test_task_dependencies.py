@@ -1,8 +1,10 @@
 """Task functions with dependencies of their own: resolved per attempt, cleaned up after it."""
 
+import contextlib
 import gc
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
@@ -356,3 +358,94 @@ def test_a_task_function_made_per_request_is_not_kept_alive() -> None:
     del task
     gc.collect()
     assert alive() is None
+
+
+@contextlib.asynccontextmanager
+async def _default_pool_busy() -> AsyncIterator[None]:
+    """anyio's default pool cut to one thread, which is busy until the block ends."""
+    pool = anyio.to_thread.current_default_thread_limiter()
+    saved, pool.total_tokens = pool.total_tokens, 1
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, hold)
+            with anyio.fail_after(10):
+                while not holding.is_set():  # the pool's one thread is taken
+                    await anyio.sleep(0.01)
+            try:
+                yield
+            finally:
+                release.set()
+    finally:
+        pool.total_tokens = saved
+
+
+async def test_a_sync_task_timed_out_before_a_thread_is_free_gives_its_slot_back() -> None:
+    ran: list[int] = []
+
+    @task_policy(timeout=0.05)
+    def job(n: int) -> None:
+        ran.append(n)
+
+    @post("/go/{n:int}")
+    async def go(n: int, tasks: BackgroundTasks) -> None:
+        tasks.add_task(job, n)
+
+    app = App(routes=[go], max_concurrent_tasks=1)
+    async with TestClient(app) as http:
+        async with _default_pool_busy():
+            await http.post("/go/1")  # times out waiting for a thread: it never starts
+        assert app.task_settings.task_limiter.borrowed_tokens == 0  # type: ignore[union-attr]
+        with anyio.fail_after(10):
+            await http.post("/go/2")
+    assert ran == [2]
+
+
+async def test_a_timeout_while_a_sync_dependency_enters_still_cleans_it_up() -> None:
+    log: list[str] = []
+
+    def slow_session() -> Iterator[str]:
+        time.sleep(0.3)  # outlasts the task's timeout; a thread entering cannot be stopped
+        log.append("open")
+        try:
+            yield "s"
+        finally:  # told of the timeout, as a rollback would be
+            log.append("close")
+
+    @task_policy(timeout=0.05)
+    def job(s: Annotated[str, Depends(slow_session)]) -> None:
+        log.append("job")
+
+    @post("/go", background=BackgroundTask(job))
+    async def go() -> None: ...
+
+    app = App(routes=[go], task_threads=1)
+    async with TestClient(app) as http:
+        await http.post("/go")
+        assert log == ["open", "close"]
+        assert app.task_settings.thread_limiter.borrowed_tokens == 0  # type: ignore[union-attr]
+
+
+async def test_task_threads_also_serve_a_tasks_sync_dependencies() -> None:
+    log: list[str] = []
+
+    def session() -> Iterator[str]:
+        log.append("open")
+        yield "s"
+        log.append("close")
+
+    def job(s: Annotated[str, Depends(session)]) -> None:
+        log.append("job")
+
+    @post("/go", background=BackgroundTask(job))
+    async def go() -> None: ...
+
+    async with TestClient(App(routes=[go], task_threads=2)) as http, _default_pool_busy():
+        with anyio.fail_after(10):  # the default pool is busy: the app's own serves the task
+            await http.post("/go")
+    assert log == ["open", "job", "close"]
