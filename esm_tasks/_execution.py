@@ -387,7 +387,10 @@ class ThreadCall:
                 never_started = not self.started
                 self.abandoned = True
             if never_started:
-                self._over()
+                if self.on_end is not None:
+                    self.on_end()
+                if self.ended is not None:
+                    self.ended.set()
             raise
 
     def _in_thread(self) -> None:
@@ -401,14 +404,11 @@ class ThreadCall:
             self.error = error
             raise
         finally:
-            self._over()
-
-    def _over(self) -> None:
-        if self.on_end is not None:
-            self.on_end()
-        if self.ended is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
-                self.loop.call_soon_threadsafe(self.ended.set)
+            if self.on_end is not None:
+                self.on_end()
+            if self.ended is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+                    self.loop.call_soon_threadsafe(self.ended.set)
 
 
 def _notify_started(task: NamedTask) -> None:
