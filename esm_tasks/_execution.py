@@ -67,6 +67,9 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
         tracker.add(run)
     try:
         await run_in_order(steps)
+    except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
+        run.error = run.error or cancelled  # its dependencies are told: no commit
+        raise
     finally:
         if run.exits is not None:
             await run.release()
@@ -123,6 +126,9 @@ async def _run_detached(
                 await run_isolated(step, run)
             else:
                 await run_in_order(steps)
+        except BaseException as cancelled:
+            run.error = run.error or cancelled
+            raise
         finally:
             tracker.scopes.discard(scope)
             if run.exits is not None:

@@ -26,7 +26,11 @@ def task_client(app: ASGIApp) -> TestClient:
 
 @pytest.fixture
 def task_capture(app: ASGIApp) -> TestClient:
-    """A client on the `app` fixture that records every task and runs none until asked."""
+    """A client on the `app` fixture that records every task and runs none until asked.
+
+    What its requests' dependencies opened for the held tasks stays open until
+    `run_scheduled()` runs them, or `await task_capture.aclose()`.
+    """
     return _client(app, capture=True)
 
 

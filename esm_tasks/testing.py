@@ -215,11 +215,18 @@ class TestClient(httpx.AsyncClient):
             raise AssertionError(f"{_call(_name(func), args, kwargs)} was scheduled:\n{lines}")
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        await self._release_pending()
+        await super().__aexit__(*exc_info)
+
+    async def aclose(self) -> None:
+        await self._release_pending()
+        await super().aclose()
+
+    async def _release_pending(self) -> None:
         # Whatever captured requests opened for their tasks closes with the client: a test
         # that never runs them must not leave a session or a lock held.
         for run, _, _ in self._watcher.pending:
             await run.release()
-        await super().__aexit__(*exc_info)
 
     async def run_scheduled(self) -> None:
         """Run the tasks captured so far, request by request, each in its order, once.

@@ -372,3 +372,48 @@ async def test_a_dependency_sees_what_a_streaming_body_raised() -> None:
         await drive(App(routes=[export]), "GET", "/export", events)
     assert "the database went away" in repr(raised.value)
     assert events == ["response started", "rolled back", "session closed"]
+
+
+async def test_tasks_cut_off_at_shutdown_tell_their_requests_dependencies() -> None:
+    events = Events()
+    task_started = anyio.Event()
+
+    async def session() -> AsyncIterator[str]:
+        try:
+            yield "s"
+        except BaseException as error:
+            events.append(f"told of {type(error).__name__}")
+            raise
+        events.append("committed")
+
+    async def slow(session: str) -> None:
+        task_started.set()
+        await anyio.sleep_forever()
+
+    @post("/slow")
+    async def handler(tasks: BackgroundTasks, db: Annotated[str, Depends(session)]) -> None:
+        tasks.add_task(slow, db)
+
+    app = App(routes=[handler], detach_tasks=True, shutdown_timeout=0)
+    async with lifespan(app):
+        await drive(app, "POST", "/slow", events)
+        await task_started.wait()
+    # Cut off, not finished: the session must not commit as if all went well.
+    assert events[-1] == "told of CancelledError"
+
+
+async def test_closing_a_capturing_client_cleans_up_as_leaving_its_block_does() -> None:
+    events = Events()
+    async_session, _ = session_dependency(events)
+
+    @post("/captured")
+    async def captured(
+        tasks: BackgroundTasks, session: Annotated[Session, Depends(async_session)]
+    ) -> None:
+        tasks.add_task(events.task("never run"))
+
+    client = TestClient(App(routes=[captured]), capture=True)  # as the task_capture fixture
+    await client.post("/captured")
+    assert events == []
+    await client.aclose()
+    assert events == ["session closed"]
