@@ -300,7 +300,7 @@ def _getter(
     if name in path_params:
         exact = annotation if annotation in (int, float) else None
         return functools.partial(get_path, name, _adapter(annotation), exact), "path", frozenset()
-    if name in BODY_NAMES or (_is_class(base) and issubclass(base, BaseModel)):
+    if name in BODY_NAMES or _holds_model(base):
         adapter = TypeAdapter(Any if annotation is EMPTY else annotation)
         getter = functools.partial(get_body, name, adapter, parameter.default)
         return getter, "body", frozenset({"body"})
@@ -378,12 +378,23 @@ def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
     return TypeAdapter(annotation)
 
 
+def _holds_model(annotation: Any) -> bool:
+    """Whether the type is a pydantic model, or a union with one (`Item | None`)."""
+    if _is_union(annotation):
+        return any(_holds_model(arg) for arg in typing.get_args(annotation))
+    return _is_class(annotation) and issubclass(annotation, BaseModel)
+
+
+def _is_union(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    return origin is Union or (origin is not None and origin.__name__ == "UnionType")
+
+
 def _query_can_hold(annotation: Any) -> bool:
     """Whether some value of the type can come from a query string."""
-    origin = typing.get_origin(annotation)
-    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
+    if _is_union(annotation):
         return any(_query_can_hold(arg) for arg in typing.get_args(annotation))
-    kind = origin or annotation
+    kind = typing.get_origin(annotation) or annotation
     if not _is_class(kind):
         return True  # Any, a Literal, a NewType: pydantic decides
     return not (
@@ -394,7 +405,7 @@ def _query_can_hold(annotation: Any) -> bool:
 
 
 def _is_sequence(annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
+    if _is_union(annotation):
         return any(_is_sequence(arg) for arg in typing.get_args(annotation))
+    origin = typing.get_origin(annotation)
     return origin in (list, tuple, set, frozenset) or annotation in (list, tuple, set, frozenset)

@@ -313,3 +313,16 @@ def test_query_parameters_are_read_as_parse_qsl_reads_them(query: str) -> None:
     reply = anyio.run(call)
     assert reply.status == 200
     assert json.loads(reply.body) == {"a": expected.get("a"), "b": expected.get("b")}
+
+
+async def test_an_optional_model_is_the_body() -> None:
+    @post("/maybe")
+    async def maybe(item: Item | None = None) -> object:
+        return item
+
+    async with TestClient(App(routes=[maybe])) as http:
+        assert (await http.post("/maybe", json={"name": "pen", "price": 2})).json() == {
+            "name": "pen",
+            "price": 2.0,
+        }
+        assert (await http.post("/maybe")).json() is None
