@@ -151,8 +151,8 @@ def _leave_logging_alone(options: dict[str, Any]) -> None:
     logging to the application, unless it asks Lilya for it (`logging_config=`, or
     settings that choose another configuration).
     """
-    if "logging_config" in options or "settings_module" in options:
-        return
+    if options.get("logging_config") is not None or options.get("settings_module") is not None:
+        return  # None means Lilya's default, which is what this replaces
     configured = lilya_settings.logging_config
     default = StandardLoggingConfig(level=LilyaSettings.logging_level)
     if not (

@@ -26,7 +26,7 @@ from ._responses import (
     respond,
 )
 from ._run import DEFERRED, LAYERS, Run, Settings, close, settings_of
-from ._tasks import BackgroundSpec, to_steps
+from ._tasks import BackgroundSpec, task_name, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
 DEFAULT_STATUS = {"POST": 201, "DELETE": 204}
@@ -67,7 +67,7 @@ class TaskRoute(Path):
             path,
             _Endpoint(self),
             methods=methods,
-            name=name or getattr(fn, "__name__", None),
+            name=name or task_name(fn).rpartition(".")[2],
             include_in_schema=include_in_schema,
         )
         self.where = where
@@ -75,7 +75,7 @@ class TaskRoute(Path):
         self.call_handler = async_caller(fn)
 
     def __repr__(self) -> str:
-        return f"TaskRoute({'/'.join(self.methods or ())} {self.path} -> {self.fn.__qualname__})"
+        return f"TaskRoute({'/'.join(self.methods or ())} {self.path} -> {task_name(self.fn)})"
 
 
 class _Endpoint:

@@ -17,8 +17,10 @@ This module is imported only when OpenAPI is on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http
 import inspect
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -31,6 +33,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from ._app import App, Include
 from ._binding import EMPTY
+from ._merge import label_sources
 from ._params import Param, Plan
 from ._routing import TaskRoute
 from ._tasks import BackgroundTask, BackgroundTasks, task_name
@@ -67,9 +70,12 @@ class OpenAPIConfig(LilyaOpenAPIConfig):
         document = super().openapi(app)
         paths = document.get("paths", {})
         layers = app.task_settings.background if isinstance(app, App) else ()
-        for path, route, around in _task_routes(app.routes, "", layers):
-            if route.include_in_schema and path in paths:
-                _finish(paths[path], route, around)
+        for documented, path, route, around in _task_routes(app.routes, "", "", layers):
+            if route.include_in_schema and documented in paths:
+                if path != documented:  # Lilya leaves out an Include's path parameters
+                    paths[path] = paths.pop(documented)
+                _finish(paths[path], path, route, around)
+        _unique_operation_ids(paths)
         return document
 
     @classmethod
@@ -97,11 +103,17 @@ def operation_meta(route: TaskRoute) -> dict[str, Any]:
         )
     return {
         "operation_id": route.name,
-        "description": inspect.getdoc(route.fn),
+        "description": inspect.getdoc(inspect.unwrap(_function(route.fn))),
         "query": query,
         "request_body": _request_body([param for param in params if param.source == "body"]),
         "responses": responses,
     }
+
+
+def _function(func: Any) -> Any:
+    while isinstance(func, functools.partial):  # its own docstring is partial's
+        func = func.func
+    return func
 
 
 def _params(plan: Plan) -> Iterator[Param]:
@@ -184,17 +196,18 @@ def _phrase(status_code: int) -> str:
 
 
 def _task_routes(
-    routes: Iterable[Any], prefix: str, layers: Layers
-) -> Iterator[tuple[str, TaskRoute, Layers]]:
-    """Each TaskRoute under `routes`, at the path Lilya's `get_openapi` documents it (walked
-    the same way), with the tasks declared around it: the apps' and the includes'."""
+    routes: Iterable[Any], documented: str, prefix: str, layers: Layers
+) -> Iterator[tuple[str, str, TaskRoute, Layers]]:
+    """Each TaskRoute under `routes`: the path Lilya's `get_openapi` documents it at (walked
+    the same way: it drops an Include's path parameters), the path it serves, and the tasks
+    declared around it, the apps' and the includes'."""
     for route in routes:
         raw = getattr(route, "path_format", None) or getattr(route, "path", None)
         if not raw:
             continue
         raw = raw if raw.startswith("/") else f"/{raw}"
         if isinstance(route, TaskRoute):
-            yield prefix + raw, route, layers
+            yield documented + raw, prefix + raw, route, layers
             continue
         mounted = getattr(route, "app", None)
         inner = getattr(route, "routes", None) or getattr(mounted, "routes", None)
@@ -205,28 +218,57 @@ def _task_routes(
             around += route.background
         if isinstance(mounted, App):  # an App inside adds its own, after the include's
             around += mounted.task_settings.background
-        yield from _task_routes(inner, prefix + raw.split("/{", 1)[0], around)
+        mount = raw.removesuffix("/{path}")
+        yield from _task_routes(inner, documented + raw.split("/{", 1)[0], prefix + mount, around)
 
 
-def _finish(item: dict[str, Any], route: TaskRoute, layers: Layers) -> None:
-    """Complete the operations Lilya made for `route` at one path."""
+def _finish(item: dict[str, Any], path: str, route: TaskRoute, layers: Layers) -> None:
+    """Complete the operations Lilya made for `route` at `path`."""
     methods = [method.lower() for method in route.methods or () if method != "HEAD"]
+    in_path = set(re.findall(r"{(\w+)", path))
+    # An enclosing Include's path parameters are read as the route's other parameters are.
     path_types = {
         param.name: _schema(param.annotation, raw=True)
         for param in _params(route.plan)
-        if param.source == "path"
+        if param.name in in_path and param.source in ("path", "query")
     }
-    declared = (*layers, *(("handler", task) for task in route.background))
+    declared = label_sources((), layers, route.background)
     for method in methods:
         operation = item.get(method)
         if operation is None:
             continue
-        for parameter in operation.get("parameters", ()):
+        parameters = [
+            parameter
+            for parameter in operation.get("parameters", ())
+            if not (parameter.get("in") == "query" and parameter.get("name") in in_path)
+        ]
+        named = {parameter.get("name") for parameter in parameters if parameter.get("in") == "path"}
+        parameters += [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in sorted(in_path - named)
+        ]
+        for parameter in parameters:
             if parameter.get("in") == "path" and parameter.get("name") in path_types:
                 parameter["schema"] = path_types[parameter["name"]]
+        operation["parameters"] = parameters
         if len(methods) > 1:  # Lilya names every method of a route alike
             operation["operationId"] = f"{operation.get('operationId', route.name)}_{method}"
         operation["x-background-tasks"] = [_entry(task, source) for source, task in declared]
+
+
+def _unique_operation_ids(paths: dict[str, Any]) -> None:
+    """Make operation ids unique, as OpenAPI requires: routes whose handlers share a name, or
+    one list of routes included twice, get the path and method added to the later ones."""
+    seen: set[str] = set()
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue
+            name = operation["operationId"]
+            if name in seen:
+                where = re.sub(r"\W+", "_", path).strip("_")
+                name = operation["operationId"] = f"{name}_{where}_{method}"
+            seen.add(name)
 
 
 def _entry(task: Task, source: str | None = None) -> dict[str, Any]:

@@ -424,3 +424,11 @@ def test_logging_that_the_projects_lilya_settings_choose_is_applied() -> None:
         check=True,
     )
     assert done.stderr == "PROJECT demo: hello\n"
+
+
+def test_asking_for_lilyas_default_logging_by_none_leaves_logging_alone_too() -> None:
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    App(routes=[], logging_config=None)
+    App(routes=[], settings_module=None)
+    assert root.handlers == handlers

@@ -1,5 +1,7 @@
 """Route decorators: verbs, status codes, `background=` forms, and where routes work."""
 
+import functools
+
 import pytest
 from lilya.apps import Lilya
 from lilya.routing import Include
@@ -237,3 +239,15 @@ def test_url_path_for_uses_the_route_name() -> None:
     async def show(user_id: int) -> None: ...
 
     assert App(routes=[show]).path_for("user", user_id=5) == "/users/5"
+
+
+def test_a_partial_handler_is_named_after_its_function() -> None:
+    async def listing(kind: str) -> list[str]:
+        """The items of a kind."""
+        return []
+
+    route = get("/items")(functools.partial(listing, kind="book"))
+    assert route.name == "listing"
+    assert repr(route).endswith(
+        "-> test_a_partial_handler_is_named_after_its_function.<locals>.listing)"
+    )

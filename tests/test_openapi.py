@@ -432,3 +432,43 @@ def test_fuzzing_the_demo_finds_no_server_error_and_runs_no_task_for_a_rejected_
 
     call()
     assert seen == {2, 4}  # both kinds were tried
+
+
+async def test_an_includes_path_parameters_are_documented_in_the_path() -> None:
+    @get("/items/{item_id:int}")
+    async def show(shop: int, item_id: int) -> dict[str, int]:
+        return {"shop": shop, "item": item_id}
+
+    app = App(routes=[Include("/shops/{shop:int}", routes=[show])], enable_openapi=True)
+    schema = await document(app)
+    assert list(schema["paths"]) == ["/shops/{shop}/items/{item_id}"]
+    operation = schema["paths"]["/shops/{shop}/items/{item_id}"]["get"]
+    assert parameters(operation)["shop"] == {
+        "name": "shop",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer"},
+    }
+    assert parameters(operation)["item_id"]["schema"] == {"type": "integer"}
+    validate(schema, cls=OpenAPIV32SpecValidator)
+    async with TestClient(app) as http:  # what the document says is what is served
+        assert (await http.get("/shops/3/items/4")).json() == {"shop": 3, "item": 4}
+
+
+async def test_operation_ids_stay_unique_when_handlers_share_a_name() -> None:
+    def make() -> Any:
+        @get("/users")
+        async def listing() -> list[str]:
+            return []
+
+        return listing
+
+    schema = await document(
+        App(
+            routes=[Include("/v1", routes=[make()]), Include("/v2", routes=[make()])],
+            enable_openapi=True,
+        )
+    )
+    ids = [schema["paths"][path]["get"]["operationId"] for path in ("/v1/users", "/v2/users")]
+    assert len(set(ids)) == 2
+    validate(schema, cls=OpenAPIV32SpecValidator)
