@@ -15,8 +15,8 @@ from lilya.logging import StandardLoggingConfig
 from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
+from ._dispatch import Handover
 from ._events import TaskEvent
-from ._execution import Handover
 from ._lifecycle import Tracker, serve_lifespan
 from ._run import DEFERRED, LAYERS, SETTINGS, Settings
 from ._tasks import BackgroundSpec, to_steps

@@ -16,20 +16,17 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 from lilya.background import Task
-from lilya.types import Message, Scope, Send
+from lilya.types import Scope
 
 from ._events import EventKind, TaskEvent, emit, report_failure
 from ._policy import DEFAULT_POLICY, TaskPolicy
 from ._run import DEFAULT_SETTINGS, Run, settings_of
-
-if TYPE_CHECKING:
-    from ._lifecycle import Tracker
 
 
 class NamedTask(Protocol):
@@ -55,13 +52,13 @@ class Observer(Protocol):
 _OUTSIDE = Run({"method": "-", "path": "-"}, DEFAULT_SETTINGS, failed=None)
 _OUTSIDE._request_id = "-"
 
-_current: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
+current_run: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
 
 async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
     """Run one request's merged steps in order, after its response was sent."""
-    token = _current.set(run)
+    token = current_run.set(run)
     tracker = run.settings.tracker
     if tracker is not None:
         tracker.add(run)
@@ -73,7 +70,7 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
     finally:
         if run.exits is not None:
             await run.release()
-        _current.reset(token)
+        current_run.reset(token)
         if tracker is not None:
             tracker.discard(run)
 
@@ -100,149 +97,31 @@ def task_in(
     return context.run(loop.create_task, coroutine)
 
 
-def detach(
-    steps: Sequence[Callable[[], Awaitable[None]]], run: Run, context: contextvars.Context
-) -> None:
-    """Hand a run to the app, which runs it in `context`, a task of its own, from now on."""
-    tracker = run.settings.tracker
-    assert tracker is not None  # detaching is only on while an App's lifespan runs
-    run.let_go_of_the_request()  # it outlives its request: so should not the headers
-    context.run(_current.set, run)
-    tracker.start(task_in(context, _run_detached(steps, run, tracker)))
-
-
-async def _run_detached(
-    steps: Sequence[Callable[[], Awaitable[None]]], run: Run, tracker: Tracker
-) -> None:
-    # A cancel scope of its own, which the drain cancels: cancellation then reaches every
-    # await of the run but those it shields itself, as in an anyio task group.
-    with anyio.CancelScope() as scope:
-        tracker.scopes.add(scope)
-        try:
-            step = steps[0]
-            if len(steps) == 1 and _is_task(step):
-                # One task, the usual case: no step loop and no call of the task around it,
-                # which would stay alive, and be walked by every collection, while it runs.
-                await run_isolated(step, run)
-            else:
-                await run_in_order(steps)
-        except BaseException as cancelled:
-            run.error = run.error or cancelled
-            raise
-        finally:
-            tracker.scopes.discard(scope)
-            if run.exits is not None:
-                await run.release()
-
-
-Deferred: TypeAlias = tuple[Sequence[Callable[[], Awaitable[None]]], Run, contextvars.Context]
-
-
-async def start_deferred(runs: Sequence[Deferred]) -> None:
-    """Start the runs a request left for its App, once the App's layers have returned.
-
-    Each runs with the context variables it was handed over with, so its tasks see what
-    the request's middleware had set, though that middleware has returned.
-    """
-    for index, (steps, run, context) in enumerate(runs):
-        try:
-            if run.settings.detaching:
-                detach(steps, run, context)
-            else:
-                taken = _take_on(context)
-                try:
-                    await run_steps(steps, run)
-                finally:
-                    for var, token in reversed(taken):
-                        var.reset(token)
-        except BaseException:
-            await abandon_runs(runs[index + 1 :])  # cancelled: they will never start
-            raise
-
-
-class Handover:
-    """In an App, where a request's run waits until the response has left the App.
-
-    A middleware may hold the response back until the route returns, to rewrite or sign
-    it; the route then hands over before the body is out, and the run waits here until
-    the App passes the last body message to the server, and starts right after, in the
-    middleware's own call. If no body goes out (the client left, the app raised), the
-    run starts when the App's call ends.
-    """
-
-    __slots__ = ("out", "runs", "send")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send  # the App's own: what it passes on has left the App
-        self.out = False  # whether the last body message has left the App
-        self.runs: list[Deferred] = []
-
-    def send_and_watch(self, message: Message) -> Awaitable[None]:
-        """The App's layers' `send`. Only the last body message costs a frame of ours."""
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            return self._send_last(message)
-        return self.send(message)
-
-    async def _send_last(self, message: Message) -> None:
-        await self.send(message)
-        self.out = True
-        if self.runs:
-            runs, self.runs = self.runs, []
-            await start_deferred(runs)
-
-    async def close(self, cancelled: bool) -> None:
-        runs, self.runs = self.runs, []
-        if cancelled:
-            await abandon_runs(runs)
-        elif runs:
-            await start_deferred(runs)
-
-
-def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contextvars.Token[Any]]]:
-    """Set, in the current context, each variable whose value in `context` differs.
-
-    Cheaper than a task of its own in `context`, the one way asyncio offers to run in
-    another context; the tokens undo it.
-    """
-    return [(var, var.set(value)) for var, value in context.items() if var.get(_UNSET) is not value]
-
-
-_UNSET = object()
-
-
-async def abandon_runs(runs: Sequence[Deferred]) -> None:
-    """Report every task of runs that will never start, and clean up their requests."""
-    for steps, run, _ in runs:
-        abandon(steps, run)
-    for _, run, _ in runs:
-        await run.release()
-
-
 @contextlib.contextmanager
 def in_request(scope: Scope, failed: bool | None = None) -> Iterator[None]:
     """Tasks run inside this block belong to `scope`'s request (for plain Lilya routes)."""
-    token = _current.set(Run(scope, settings_of(scope), failed))
+    token = current_run.set(Run(scope, settings_of(scope), failed))
     try:
         yield
     finally:
-        _current.reset(token)
+        current_run.reset(token)
 
 
 def abandon(steps: Iterable[object], run: Run | None = None) -> None:
     """Report tasks that will never start because their run (by default, the current
     one) was cancelled."""
-    run = run or _current.get() or _OUTSIDE
+    run = run or current_run.get() or _OUTSIDE
     for step in steps:
         members = getattr(step, "members", None)
         if members is not None:
             abandon(members(), run)
-        elif _is_task(step):
+        elif is_task(step):
             policy: TaskPolicy = getattr(step, "policy", DEFAULT_POLICY)
             if run.failed is None or policy.applies(run.failed):  # else it would not have run
                 emit("abandoned", step, run)
 
 
-def _is_task(step: object) -> TypeGuard[NamedTask]:
+def is_task(step: object) -> TypeGuard[NamedTask]:
     """Whether a step is one task, rather than a collection of them."""
     return hasattr(step, "name") and hasattr(step, "invoke")
 
@@ -252,7 +131,7 @@ async def run_isolated(task: NamedTask, run: Run | None = None) -> None:
 
     `run`: the run it belongs to, when not the current one.
     """
-    run = run or _current.get() or _OUTSIDE
+    run = run or current_run.get() or _OUTSIDE
     policy: TaskPolicy = getattr(task, "policy", DEFAULT_POLICY)
     if not (policy is DEFAULT_POLICY and run.simple):
         await _run_with_policy(task, policy, run)

@@ -14,7 +14,8 @@ from lilya.routing import Path
 from lilya.types import Receive, Scope, Send
 
 from ._binding import Binding, async_caller, read_body
-from ._execution import detach, observer, run_steps
+from ._dispatch import destination_of
+from ._execution import observer
 from ._merge import label_sources, merge
 from ._params import plan
 from ._responses import (
@@ -215,10 +216,8 @@ class _Endpoint:
         handover = scope.get(DEFERRED)
         if handover is not None and not (sent and handover.out):
             handover.runs.append((steps, run, contextvars.copy_context()))
-        elif settings.detaching:
-            detach(steps, run, contextvars.copy_context())
         else:
-            await run_steps(steps, run)
+            await destination_of(settings).take(steps, run, None)
 
 
 def _alone(error: Exception) -> Exception:

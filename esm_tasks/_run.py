@@ -16,6 +16,7 @@ from lilya.types import Scope
 from ._events import TaskEvent, logger
 
 if TYPE_CHECKING:
+    from ._dispatch import Destination
     from ._lifecycle import Tracker
 
 
@@ -23,6 +24,7 @@ class Settings:
     """An app's task settings. A plain Lilya app's tasks run under `DEFAULT_SETTINGS`."""
 
     __slots__ = (
+        "backend",
         "background",
         "detach",
         "detaching",
@@ -44,6 +46,7 @@ class Settings:
         thread_limiter: anyio.CapacityLimiter | None = None,
         tracker: Tracker | None = None,
         detach: bool = False,
+        backend: Destination | None = None,
     ) -> None:
         self.background = background
         self.on_task_error = on_task_error
@@ -53,6 +56,7 @@ class Settings:
         self.tracker = tracker
         self.detach = detach
         self.detaching = False  # whether runs are detached now: in detach mode, while the app runs
+        self.backend = backend  # a queue's destination, which takes every run
         # Nothing to do around a task with the default policy but call it.
         self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
 

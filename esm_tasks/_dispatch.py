@@ -1,0 +1,187 @@
+"""Where a request's run goes once its response is out: on, in the request's own call;
+detached, to a task of the app's; or, with a queue backend, to a broker.
+
+Each is a `Destination`, one small protocol; the App's settings say which one takes a run
+(`destination_of`). `Handover` holds a run back until the response has left the App.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import anyio
+from lilya.types import Message, Send
+
+from ._execution import (
+    abandon,
+    current_run,
+    is_task,
+    run_in_order,
+    run_isolated,
+    run_steps,
+    task_in,
+)
+from ._run import Run, Settings
+
+if TYPE_CHECKING:
+    from ._lifecycle import Tracker
+
+Steps: TypeAlias = Sequence[Callable[[], Awaitable[None]]]
+
+
+class Destination(Protocol):
+    """What takes a request's merged steps once its response is out."""
+
+    def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
+        """Run `steps`, or see that they will run. `context`: the request's context
+        variables, when the run starts outside the call that set them (after a handover)."""
+
+
+class InRequest:
+    """The default: the steps run in the request's ASGI call, which returns once they are
+    done, so test clients see finished tasks."""
+
+    def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
+        # The run's own coroutine, when it can be: no frame of ours stays alive around it
+        # while a slow task runs.
+        if context is None:
+            return run_steps(steps, run)
+        return self._in(context, steps, run)
+
+    @staticmethod
+    async def _in(context: contextvars.Context, steps: Steps, run: Run) -> None:
+        taken = _take_on(context)
+        try:
+            await run_steps(steps, run)
+        finally:
+            for var, token in reversed(taken):
+                var.reset(token)
+
+
+class Detached:
+    """`App(detach_tasks=True)` while the lifespan runs: a task of the app's own runs the
+    steps, and the request's call returns at once."""
+
+    async def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
+        detach(steps, run, context or contextvars.copy_context())
+
+
+IN_REQUEST = InRequest()
+DETACHED = Detached()
+
+
+def destination_of(settings: Settings) -> Destination:
+    """Where the app's runs go now: the queue backend's, if it has one, else detached while
+    detach mode is on and the lifespan runs, else in the request."""
+    if settings.backend is not None:
+        return settings.backend
+    return DETACHED if settings.detaching else IN_REQUEST
+
+
+def detach(steps: Steps, run: Run, context: contextvars.Context) -> None:
+    """Hand a run to the app, which runs it in `context`, a task of its own, from now on."""
+    tracker = run.settings.tracker
+    assert tracker is not None  # detaching is only on while an App's lifespan runs
+    run.let_go_of_the_request()  # it outlives its request: so should not the headers
+    context.run(current_run.set, run)
+    tracker.start(task_in(context, _run_detached(steps, run, tracker)))
+
+
+async def _run_detached(steps: Steps, run: Run, tracker: Tracker) -> None:
+    # A cancel scope of its own, which the drain cancels: cancellation then reaches every
+    # await of the run but those it shields itself, as in an anyio task group.
+    with anyio.CancelScope() as scope:
+        tracker.scopes.add(scope)
+        try:
+            step = steps[0]
+            if len(steps) == 1 and is_task(step):
+                # One task, the usual case: no step loop and no call of the task around it,
+                # which would stay alive, and be walked by every collection, while it runs.
+                await run_isolated(step, run)
+            else:
+                await run_in_order(steps)
+        except BaseException as cancelled:
+            run.error = run.error or cancelled
+            raise
+        finally:
+            tracker.scopes.discard(scope)
+            if run.exits is not None:
+                await run.release()
+
+
+Deferred: TypeAlias = tuple[Steps, Run, contextvars.Context]
+
+
+async def start_deferred(runs: Sequence[Deferred]) -> None:
+    """Start the runs a request left for its App, once the App's layers have returned.
+
+    Each runs with the context variables it was handed over with, so its tasks see what
+    the request's middleware had set, though that middleware has returned.
+    """
+    for index, (steps, run, context) in enumerate(runs):
+        try:
+            await destination_of(run.settings).take(steps, run, context)
+        except BaseException:
+            await abandon_runs(runs[index + 1 :])  # cancelled: they will never start
+            raise
+
+
+class Handover:
+    """In an App, where a request's run waits until the response has left the App.
+
+    A middleware may hold the response back until the route returns, to rewrite or sign
+    it; the route then hands over before the body is out, and the run waits here until
+    the App passes the last body message to the server, and starts right after, in the
+    middleware's own call. If no body goes out (the client left, the app raised), the
+    run starts when the App's call ends.
+    """
+
+    __slots__ = ("out", "runs", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send  # the App's own: what it passes on has left the App
+        self.out = False  # whether the last body message has left the App
+        self.runs: list[Deferred] = []
+
+    def send_and_watch(self, message: Message) -> Awaitable[None]:
+        """The App's layers' `send`. Only the last body message costs a frame of ours."""
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            return self._send_last(message)
+        return self.send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        await self.send(message)
+        self.out = True
+        if self.runs:
+            runs, self.runs = self.runs, []
+            await start_deferred(runs)
+
+    async def close(self, cancelled: bool) -> None:
+        runs, self.runs = self.runs, []
+        if cancelled:
+            await abandon_runs(runs)
+        elif runs:
+            await start_deferred(runs)
+
+
+def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contextvars.Token[Any]]]:
+    """Set, in the current context, each variable whose value in `context` differs.
+
+    Cheaper than a task of its own in `context`, the one way asyncio offers to run in
+    another context; the tokens undo it.
+    """
+    return [(var, var.set(value)) for var, value in context.items() if var.get(_UNSET) is not value]
+
+
+_UNSET = object()
+
+
+async def abandon_runs(runs: Sequence[Deferred]) -> None:
+    """Report every task of runs that will never start, and clean up their requests."""
+    for steps, run, _ in runs:
+        abandon(steps, run)
+    for _, run, _ in runs:
+        await run.release()
