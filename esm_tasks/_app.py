@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio
 from lilya.apps import Lilya
+from lilya.background import Task
 from lilya.conf import settings as lilya_settings
 from lilya.conf.global_settings import Settings as LilyaSettings
 from lilya.logging import StandardLoggingConfig
 from lilya.routing import Include as LilyaInclude
 from lilya.types import Receive, Scope, Send
 
-from ._dispatch import Handover
+from ._dispatch import Handover, QueueBackend
 from ._events import TaskEvent
 from ._lifecycle import Tracker, serve_lifespan
+from ._routing import TaskRoute
 from ._run import DEFERRED, LAYERS, SETTINGS, Settings
-from ._tasks import BackgroundSpec, to_steps
+from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 
 class App(Lilya):
@@ -41,6 +43,10 @@ class App(Lilya):
         otherwise (the default) they run inside it.
     :param shutdown_timeout: at shutdown, seconds the tasks still in flight get to finish
         before they are cancelled, each logged as abandoned.
+    :param task_backend: send each request's run to a broker, for workers to run
+        (`esm_tasks.taskiq.TaskiqBackend`); the functions of its tasks must be importable.
+    :param queue_tasks: functions that requests add at run time, which a worker may run
+        besides those the routes declare.
     """
 
     task_settings: Settings
@@ -55,6 +61,8 @@ class App(Lilya):
         task_threads: int | None = None,
         detach_tasks: bool = False,
         shutdown_timeout: float = 30.0,
+        task_backend: QueueBackend | None = None,
+        queue_tasks: Sequence[Callable[..., Any]] = (),
         **options: Any,
     ) -> None:
         for name, value in (
@@ -88,10 +96,20 @@ class App(Lilya):
             thread_limiter=anyio.CapacityLimiter(task_threads) if task_threads else None,
             tracker=Tracker(),
             detach=detach_tasks,
+            backend=task_backend,
         )
         self.shutdown_timeout = float(shutdown_timeout)
         _leave_logging_alone(options)
         super().__init__(*args, **options)
+        if task_backend is not None:
+            # A function no worker could import fails here, where it is declared.
+            declared = _functions(self.task_settings.background, "App(background=...)")
+            registered = ((func, "App(queue_tasks=...)") for func in queue_tasks)
+            task_backend.attach(
+                self.task_settings, [*declared, *_declared_on(self.routes), *registered]
+            )
+        elif queue_tasks:
+            raise ValueError("App(queue_tasks=...) registers functions for task_backend=...")
 
     def configure_openapi(self, openapi_config: Any | None = None) -> None:
         # Lilya calls this for enable_openapi=True. esm_tasks' config, imported only now,
@@ -141,6 +159,33 @@ class App(Lilya):
                 del scope[SETTINGS], scope[DEFERRED]
                 if handover.runs:  # no body left the App (the client left, or the app raised)
                     await handover.close(cancelled)
+
+
+def _declared_on(routes: Iterable[Any]) -> Iterator[tuple[Callable[..., Any], str]]:
+    """The functions of the tasks declared on these routes, their includes and mounted apps,
+    each with where it is declared."""
+    for route in routes:
+        if isinstance(route, TaskRoute):
+            yield from _functions((("handler", step) for step in route.background), route.where)
+            continue
+        if isinstance(route, Include):
+            yield from _functions(route.background, f"Include({route.path!r}, background=...)")
+        mounted = getattr(route, "app", None)
+        if isinstance(mounted, App):
+            yield from _functions(mounted.task_settings.background, "App(background=...)")
+        inner = getattr(route, "routes", None) or getattr(mounted, "routes", None)
+        if inner:
+            yield from _declared_on(inner)
+
+
+def _functions(
+    layer: Iterable[tuple[str, Task]], where: str
+) -> Iterator[tuple[Callable[..., Any], str]]:
+    for _, step in layer:
+        if isinstance(step, BackgroundTasks):
+            yield from _functions((("", member) for member in step.members()), where)
+        elif isinstance(step, BackgroundTask):
+            yield step.func, where
 
 
 def _leave_logging_alone(options: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ Each is a `Destination`, one small protocol; the App's settings say which one ta
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -38,6 +38,23 @@ class Destination(Protocol):
     def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
         """Run `steps`, or see that they will run. `context`: the request's context
         variables, when the run starts outside the call that set them (after a handover)."""
+
+
+class QueueBackend(Destination, Protocol):
+    """A destination on a broker, which an App serves (`App(task_backend=...)`)."""
+
+    def attach(
+        self, settings: Settings, functions: Iterable[tuple[Callable[..., Any], str]]
+    ) -> None:
+        """Serve the app with these settings; a message may name only these functions, each
+        given with where it is declared."""
+
+    def check(self, steps: Steps, where: str) -> None:
+        """Raise TypeError, naming the task and `where`, unless the steps can be sent."""
+
+    async def startup(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
 
 
 class InRequest:

@@ -90,10 +90,15 @@ async def serve_lifespan(
         return message
 
     settings.detaching = settings.detach and tracker is not None
+    if settings.backend is not None:
+        await settings.backend.startup()
     try:
         await app(scope, receive_then_drain, send)
     finally:
         settings.detaching = False
+        if settings.backend is not None:
+            with anyio.CancelScope(shield=True):
+                await settings.backend.shutdown()
         if tracker is not None and tracker.detached:
             # The lifespan ended without a shutdown to drain at (it failed, or was
             # cancelled): the runs end now, still each logging what it abandons.

@@ -162,6 +162,9 @@ class _Endpoint:
             else:
                 result = await route.call_handler()
             response, own = respond(result, route.response_class, route.status_code, draft)
+            steps = merge(declared, tasks, own)
+            if settings.backend is not None:  # what cannot be sent fails before the response
+                settings.backend.check(steps, route.where)
         except Exception as error:
             # A dependency, the handler or the response failed: only the tasks declared for
             # errors will run (see TaskPolicy.when), after the error response if an App can
@@ -179,7 +182,7 @@ class _Endpoint:
             if exits is not None:
                 await close(exits, cancelled, route.where)
             raise
-        return response, merge(declared, tasks, own)
+        return response, steps
 
     async def call(self, binding: Binding) -> Any:
         """The handler's result, or `_INVALID` if the request does not bind."""

@@ -16,7 +16,7 @@ from lilya.types import Scope
 from ._events import TaskEvent, logger
 
 if TYPE_CHECKING:
-    from ._dispatch import Destination
+    from ._dispatch import QueueBackend
     from ._lifecycle import Tracker
 
 
@@ -46,7 +46,7 @@ class Settings:
         thread_limiter: anyio.CapacityLimiter | None = None,
         tracker: Tracker | None = None,
         detach: bool = False,
-        backend: Destination | None = None,
+        backend: QueueBackend | None = None,
     ) -> None:
         self.background = background
         self.on_task_error = on_task_error

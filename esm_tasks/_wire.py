@@ -1,0 +1,239 @@
+"""A request's run as data, for a queue: what a message carries, and a worker's way back.
+
+A task travels as the import path of its function and its arguments as JSON, made by
+pydantic, so that models, dataclasses, datetimes, UUIDs and decimals arrive as the types
+the function declares. Never pickle: a message is data, and the worker decides what may
+run, from the functions its app declares or registers (`Registry`), whatever a message
+names.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import types
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal, TypeAlias
+
+from lilya.background import Task
+from pydantic import BaseModel, ConfigDict, Field, PydanticSchemaGenerationError, TypeAdapter
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, TaskPolicy
+from ._run import Run, Settings
+from ._tasks import BackgroundTask, BackgroundTasks, task_name
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskCall(BaseModel):
+    """One task: its function's import path, its arguments, and a policy given by
+    `with_policy` (the function's own is read where it runs)."""
+
+    model_config = _FROZEN
+
+    kind: Literal["task"] = "task"
+    function: str
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    policy: TaskPolicy | None = None
+
+
+class TaskGroup(BaseModel):
+    """A `BackgroundTasks`: members in order, or at once with `as_group`."""
+
+    model_config = _FROZEN
+
+    kind: Literal["group"] = "group"
+    steps: list[Step]
+    as_group: bool = False
+
+
+Step: TypeAlias = Annotated[TaskCall | TaskGroup, Field(discriminator="kind")]
+TaskGroup.model_rebuild()
+
+
+class RunMessage(BaseModel):
+    """One request's run, its steps in SPEC order, with what its logs and policies need."""
+
+    model_config = _FROZEN
+
+    run_id: str
+    method: str
+    path: str
+    request_id: str
+    failed: bool | None
+    steps: list[Step]
+
+
+def import_path(func: object, where: str) -> str:
+    """The `module:qualname` a worker imports `func` by; TypeError, naming it and `where`,
+    for a function no other process can import."""
+    name = task_name(func)  # type: ignore[arg-type]
+    reason = None
+    if isinstance(func, functools.partial):
+        reason = "a functools.partial; give its function and arguments to BackgroundTask"
+    elif inspect.ismethod(func):
+        reason = "a bound method; make it a module-level function"
+    elif not isinstance(func, types.FunctionType):
+        reason = f"a {type(func).__name__}, not a function defined at module level"
+    elif func.__name__ == "<lambda>":
+        reason = "a lambda; define it with def at module level"
+    elif "<locals>" in func.__qualname__:
+        reason = "defined inside another function; define it at module level"
+    elif func.__module__ in ("__main__", "__mp_main__"):
+        reason = "defined in __main__, which a worker imports as its own"
+    else:
+        return f"{func.__module__}:{func.__qualname__}"
+    raise TypeError(f"{where}: task {name} cannot be sent to a queue: it is {reason}")
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """Import what `path` names: `module:qualname`."""
+    module_name, _, qualname = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{path} is not a function")
+    return target  # type: ignore[no-any-return]
+
+
+def encode(steps: Iterable[Task], run: Run, where: str) -> RunMessage:
+    """The message for a run; TypeError, naming the task and `where`, for what cannot go."""
+    return RunMessage(
+        run_id=uuid.uuid4().hex,
+        method=run.method,
+        path=run.path,
+        request_id=run.request_id,
+        failed=run.failed,
+        steps=[_step(step, where) for step in steps],
+    )
+
+
+def check(task: BackgroundTask, where: str) -> None:
+    """Raise TypeError, naming the task and `where`, unless `task` can be sent."""
+    _step(task, where)
+
+
+def _step(step: Task, where: str) -> Step:
+    if isinstance(step, BackgroundTasks):
+        members = [_step(member, where) for member in step.members()]
+        return TaskGroup(steps=members, as_group=step.as_group)
+    if not isinstance(step, BackgroundTask):
+        step = BackgroundTask._adopt(step)
+    function = import_path(step.func, where)
+    try:
+        args = to_jsonable_python(step.args)
+        kwargs = to_jsonable_python(step.kwargs)
+    except PydanticSerializationError as error:
+        raise TypeError(
+            f"{where}: task {step.name} cannot be sent to a queue: an argument is not one JSON "
+            f"can carry ({error})"
+        ) from None
+    own = getattr(step.func, POLICY_ATTRIBUTE, DEFAULT_POLICY)
+    return TaskCall(
+        function=function,
+        args=args,
+        kwargs=kwargs,
+        policy=None if step.policy == own else step.policy,
+    )
+
+
+class Refused(Exception):
+    """A message that cannot run: it names what the app does not declare, or does not fit."""
+
+
+class Registry:
+    """The functions a worker may run: those its app declares, and those it registers."""
+
+    def __init__(self, functions: Iterable[tuple[Callable[..., Any], str]]) -> None:
+        """`functions`: each with where it is declared, for errors."""
+        self.functions: dict[str, Callable[..., Any]] = {}
+        for func, where in functions:
+            path = import_path(func, where)
+            try:
+                found = resolve(path)
+            except (ImportError, AttributeError, TypeError):
+                found = None
+            if found is not func:
+                raise TypeError(
+                    f"{where}: task {task_name(func)} cannot be sent to a queue: {path} does "
+                    "not import as this function; define it at module level under its own name"
+                )
+            self.functions[path] = func
+
+    def check(self, message: RunMessage, where: str) -> None:
+        """Raise TypeError unless every function the message names may run on a worker."""
+        for call in _calls(message.steps):
+            if call.function not in self.functions:
+                raise TypeError(
+                    f"{where}: task {call.function} is neither declared on a route nor "
+                    "registered with App(queue_tasks=[...]), so a worker would refuse it"
+                )
+
+    def decode(self, message: RunMessage) -> list[Task]:
+        """The steps a message names, each argument validated as its function declares it."""
+        return [self._task(step) for step in message.steps]
+
+    def _task(self, step: Step) -> Task:
+        if isinstance(step, TaskGroup):
+            collection = BackgroundTasks._of([self._task(member) for member in step.steps])
+            collection.as_group = step.as_group
+            return collection
+        func = self.functions.get(step.function)
+        if func is None:
+            raise Refused(f"the app neither declares nor registers {step.function}")
+        args, kwargs = _validated(func, step.args, step.kwargs)
+        task = BackgroundTask(func, *args, **kwargs)
+        return task if step.policy is None else task.with_policy(**step.policy.model_dump())
+
+
+def _calls(steps: Iterable[Step]) -> Iterable[TaskCall]:
+    for step in steps:
+        if isinstance(step, TaskGroup):
+            yield from _calls(step.steps)
+        else:
+            yield step
+
+
+def _validated(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments as `func` declares them: JSON turned back into models, dates, UUIDs."""
+    signature = inspect.signature(func)
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError as error:
+        raise Refused(f"the arguments do not fit {task_name(func)}{signature}: {error}") from None
+    for name, value in bound.arguments.items():
+        adapter = _adapter(func, name)
+        if adapter is not None:
+            bound.arguments[name] = adapter.validate_python(value)
+    return bound.args, bound.kwargs
+
+
+@functools.lru_cache(maxsize=4096)
+def _adapter(func: Callable[..., Any], name: str) -> TypeAdapter[Any] | None:
+    parameter = inspect.signature(func).parameters[name]
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty or parameter.kind in (
+        parameter.VAR_POSITIONAL,
+        parameter.VAR_KEYWORD,
+    ):
+        return None
+    if isinstance(annotation, str):
+        annotation = eval(annotation, getattr(func, "__globals__", {}))  # as get_type_hints does
+    try:
+        return TypeAdapter(annotation)
+    except PydanticSchemaGenerationError:
+        return None  # a type pydantic cannot rebuild arrives as JSON has it
+
+
+def run_of(message: RunMessage, settings: Settings) -> Run:
+    """The `Run` a worker runs a message's steps under: the request's method, path and id."""
+    headers = [(b"x-request-id", message.request_id.encode("latin-1"))]
+    scope = {"method": message.method, "path": message.path, "headers": headers}
+    return Run(scope, settings, message.failed)

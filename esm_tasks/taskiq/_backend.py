@@ -1,0 +1,115 @@
+"""`TaskiqBackend`: the queue destination, on any taskiq broker."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import anyio
+from lilya.background import Task
+from taskiq import AsyncBroker
+
+from .._dispatch import IN_REQUEST
+from .._events import logger
+from .._execution import run_steps
+from .._run import Run, Settings
+from .._wire import Refused, Registry, RunMessage, encode, run_of
+
+Steps = Sequence[Callable[[], Awaitable[None]]]
+
+TASK_NAME = "esm_tasks.run"
+_CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
+
+
+class TaskiqBackend:
+    """Sends each request's run, as one message, to a taskiq broker; workers run it.
+
+    :param broker: any taskiq broker; `from_url` picks one for a URL.
+    :param send_timeout: seconds a run may take to reach the broker; past that, or if the
+        broker refuses it, the run executes in this process, with a WARNING.
+    """
+
+    def __init__(self, broker: AsyncBroker, *, send_timeout: float = 2.0) -> None:
+        if not isinstance(broker, AsyncBroker):
+            raise TypeError(f"TaskiqBackend takes a taskiq broker, got {broker!r}")
+        self.broker = broker
+        self.send_timeout = send_timeout
+
+        async def run(message: dict[str, Any]) -> None:  # taskiq registers functions only
+            await self._execute(message)
+
+        self._task = broker.register_task(run, task_name=TASK_NAME)
+        self._registry: Registry | None = None
+        self._settings: Settings | None = None
+
+    def attach(
+        self, settings: Settings, functions: Iterable[tuple[Callable[..., Any], str]]
+    ) -> None:
+        """Serve one app: its settings, and the functions a message may name, each with where
+        it is declared (checked now: one no worker could import is a TypeError here)."""
+        if self._settings is not None and self._settings is not settings:
+            raise ValueError("a TaskiqBackend serves one App; give each App its own")
+        self._registry = Registry(functions)
+        self._settings = settings
+
+    def check(self, steps: Steps, where: str) -> None:
+        self._encode(steps, _CHECKING, where)
+
+    def _encode(self, steps: Steps, run: Run, where: str) -> RunMessage:
+        assert self._registry is not None, "attached by App"
+        message = encode(steps, run, where)  # type: ignore[arg-type]
+        self._registry.check(message, where)
+        return message
+
+    async def startup(self) -> None:
+        await self.broker.startup()
+
+    async def shutdown(self) -> None:
+        await self.broker.shutdown()
+
+    def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
+        return self._send(steps, run, context)
+
+    async def _send(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
+        try:
+            message = self._encode(steps, run, f"{run.method} {run.path}")
+        except TypeError:  # checked when the handler returned; a failed request's run was not
+            logger.exception(
+                "the run of %s %s [request %s] cannot be sent to the broker; "
+                "it runs in this process instead",
+                *(run.method, run.path, run.request_id),
+            )
+            await IN_REQUEST.take(steps, run, context)
+            return
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await self._task.kiq(message.model_dump(mode="json"))
+        except Exception as error:
+            logger.warning(
+                "the run of %s %s [request %s] could not be sent to the broker (%r); "
+                "it runs in this process instead",
+                run.method,
+                run.path,
+                run.request_id,
+                error,
+            )
+            await IN_REQUEST.take(steps, run, context)
+
+    async def _execute(self, run: dict[str, Any]) -> None:
+        """A worker's side: run one message's steps as the serving process would have."""
+        assert self._registry is not None, "attached by App"
+        assert self._settings is not None, "attached by App"
+        message = RunMessage.model_validate(run)
+        try:
+            steps: list[Task] = self._registry.decode(message)
+        except Refused as refusal:
+            logger.error(
+                "refused a run of %s %s [request %s]: %s",
+                message.method,
+                message.path,
+                message.request_id,
+                refusal,
+            )
+            raise
+        await run_steps(steps, run_of(message, self._settings))

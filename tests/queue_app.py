@@ -1,0 +1,68 @@
+"""Tasks and routes for the queue tests: a worker imports task functions by their path, so
+they live at module level."""
+
+import datetime
+import decimal
+import uuid
+from typing import Annotated
+
+from pydantic import BaseModel
+
+from esm_tasks import BackgroundTask, BackgroundTasks, Depends, Response, post, task_policy
+
+ran: list[object] = []
+
+
+class Order(BaseModel):
+    number: int
+    total: decimal.Decimal
+
+
+async def audit(label: str) -> None:
+    ran.append(("audit", label))
+
+
+def receipt(order: Order, at: datetime.datetime, ref: uuid.UUID) -> None:
+    ran.append(("receipt", order, at, ref))
+
+
+async def notify(who: str) -> None:
+    ran.append(("notify", who))
+
+
+async def registered_only(who: str) -> None:
+    ran.append(("registered", who))
+
+
+@task_policy(when="error")
+async def compensate(number: int) -> None:
+    ran.append(("compensate", number))
+
+
+def mailer() -> str:
+    return "mailer"
+
+
+async def with_dependency(who: str, via: Annotated[str, Depends(mailer)]) -> None:
+    ran.append(("with dependency", who, via))
+
+
+@post(
+    "/orders/{number:int}",
+    background=[BackgroundTask(audit, "declared"), BackgroundTask(compensate, 0)],
+)
+async def create_order(number: int, tasks: BackgroundTasks) -> Response:
+    order = Order(number=number, total=decimal.Decimal("9.90"))
+    when = datetime.datetime(2026, 11, 29, 8, 0, tzinfo=datetime.timezone.utc)
+    tasks.add_task(receipt, order, when, uuid.UUID(int=number))
+    tasks.add_task(with_dependency, "ada")
+    return Response({"number": number}, background=BackgroundTask(notify, "response"))
+
+
+@post("/unregistered")
+async def add_unregistered(tasks: BackgroundTasks) -> None:
+    tasks.add_task(registered_only, "bob")
+
+
+# Added while requests are handled, not declared on a route: registered for the queue.
+RUN_TIME = [receipt, with_dependency, notify]

@@ -1,0 +1,149 @@
+"""App(task_backend=...): each request's run goes to a broker as one message, and runs there.
+
+These tests use taskiq's InMemoryBroker, which hands each message to its receiver in this
+process, through the same backend a real broker uses.
+"""
+
+import datetime
+import decimal
+import logging
+import subprocess
+import sys
+import uuid
+
+import pytest
+from taskiq import InMemoryBroker
+from taskiq.message import BrokerMessage
+
+from esm_tasks import App, BackgroundTask, BackgroundTasks, post
+from esm_tasks.taskiq import TaskiqBackend
+from esm_tasks.testing import TestClient
+
+from . import queue_app
+from .queue_app import Order
+
+pytestmark = pytest.mark.anyio
+
+
+def backend() -> TaskiqBackend:
+    return TaskiqBackend(InMemoryBroker(await_inplace=True))
+
+
+async def test_a_run_crosses_the_broker_in_order_and_its_arguments_keep_their_types() -> None:
+    queue_app.ran.clear()
+    app = App(
+        routes=[queue_app.create_order], task_backend=backend(), queue_tasks=queue_app.RUN_TIME
+    )
+    async with TestClient(app) as http:
+        response = await http.post("/orders/7")
+    assert (response.status_code, response.json()) == (200, {"number": 7})
+    when = datetime.datetime(2026, 11, 29, 8, 0, tzinfo=datetime.timezone.utc)
+    order = Order(number=7, total=decimal.Decimal("9.90"))
+    assert queue_app.ran == [
+        ("audit", "declared"),  # compensate is for errors: skipped
+        ("receipt", order, when, uuid.UUID(int=7)),  # JSON on the way, types again at the end
+        ("with dependency", "ada", "mailer"),  # resolved where it runs
+        ("notify", "response"),
+    ]
+
+
+async def test_a_forged_message_naming_another_function_is_refused_and_logged(
+    task_log: list[logging.LogRecord],
+) -> None:
+    broker = InMemoryBroker(await_inplace=True)
+    App(routes=[queue_app.create_order], task_backend=TaskiqBackend(broker))
+    forged = {
+        "run_id": "f0",
+        "method": "POST",
+        "path": "/orders/1",
+        "request_id": "forged",
+        "failed": None,
+        "steps": [{"kind": "task", "function": "os:system", "args": ["touch /tmp/owned"]}],
+    }
+    task = broker.find_task("esm_tasks.run")
+    assert task is not None
+    await task.kiq(forged)  # as a message written straight to the broker would arrive
+    [record] = [r for r in task_log if r.levelno >= logging.ERROR]
+    assert "refused a run of POST /orders/1 [request forged]" in record.getMessage()
+    assert "os:system" in record.getMessage()
+
+
+def test_a_declared_task_no_worker_could_import_fails_when_the_app_is_built() -> None:
+    def nested() -> None: ...
+
+    @post("/nested", background=nested)
+    async def handler() -> None: ...
+
+    with pytest.raises(TypeError, match=r"POST /nested: task .*nested cannot be sent.*inside"):
+        App(routes=[handler], task_backend=backend())
+
+    @post("/lambda", background=BackgroundTask(lambda: None))
+    async def other() -> None: ...
+
+    with pytest.raises(TypeError, match=r"POST /lambda: task .*<lambda> cannot be sent"):
+        App(routes=[other], task_backend=backend())
+
+
+async def test_a_task_added_at_run_time_that_cannot_be_sent_fails_the_request() -> None:
+    @post("/bad")
+    async def bad(tasks: BackgroundTasks) -> None:
+        tasks.add_task(queue_app.audit, object())  # type: ignore[arg-type]
+
+    app = App(routes=[bad], task_backend=backend())
+    async with TestClient(app) as http:
+        with pytest.raises(TypeError, match=r"POST /bad: task .*audit .*JSON"):
+            await http.post("/bad")
+
+
+async def test_a_function_added_at_run_time_must_be_registered_for_the_queue() -> None:
+    queue_app.ran.clear()
+    unregistered = App(routes=[queue_app.add_unregistered], task_backend=backend())
+    async with TestClient(unregistered) as http:
+        with pytest.raises(TypeError, match=r"registered_only .*App\(queue_tasks="):
+            await http.post("/unregistered")
+    registered = App(
+        routes=[queue_app.add_unregistered],
+        task_backend=backend(),
+        queue_tasks=[queue_app.registered_only],
+    )
+    async with TestClient(registered) as http:
+        await http.post("/unregistered")
+    assert queue_app.ran == [("registered", "bob")]
+
+
+class _RefusingBroker(InMemoryBroker):
+    """A broker that cannot take a message, as one that is down."""
+
+    async def kick(self, message: BrokerMessage) -> None:
+        raise ConnectionError("broker unreachable")
+
+
+async def test_a_run_the_broker_cannot_take_runs_in_this_process_with_a_warning(
+    task_log: list[logging.LogRecord],
+) -> None:
+    queue_app.ran.clear()
+    app = App(
+        routes=[queue_app.create_order],
+        task_backend=TaskiqBackend(_RefusingBroker()),
+        queue_tasks=queue_app.RUN_TIME,
+    )
+    async with TestClient(app) as http:
+        assert (await http.post("/orders/3")).status_code == 200
+    assert [entry[0] for entry in queue_app.ran] == [
+        "audit",
+        "receipt",
+        "with dependency",
+        "notify",
+    ]
+    warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert any("could not be sent to the broker" in text for text in warnings)
+
+
+def test_without_a_backend_nothing_imports_taskiq() -> None:
+    program = (
+        "import sys; from esm_tasks import App, post\n"
+        "@post('/x', background=lambda: None)\n"
+        "async def x() -> None: ...\n"
+        "App(routes=[x]); assert 'taskiq' not in sys.modules, 'taskiq imported'"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
