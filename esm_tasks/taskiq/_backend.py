@@ -43,6 +43,33 @@ class TaskiqBackend:
         self._registry: Registry | None = None
         self._settings: Settings | None = None
 
+    @classmethod
+    def from_url(cls, url: str, *, queue: str = "esm_tasks", **options: Any) -> TaskiqBackend:
+        """A backend on the broker for `url`: RabbitMQ (`amqp://`, `amqps://`, through
+        taskiq-aio-pika, on a quorum queue) or Redis (`redis://`, `rediss://`, a stream,
+        through taskiq-redis). `queue` names the queue (the exchange and consumer group too);
+        `options` go to `TaskiqBackend`."""
+        scheme = url.partition("://")[0].lower()
+        broker: AsyncBroker
+        if scheme in ("amqp", "amqps"):
+            from taskiq_aio_pika import AioPikaBroker
+            from taskiq_aio_pika.exchange import Exchange
+            from taskiq_aio_pika.queue import Queue
+
+            broker = AioPikaBroker(
+                url, exchange=Exchange(name=queue), task_queues=[Queue(name=queue)]
+            )
+        elif scheme in ("redis", "rediss"):
+            from taskiq_redis import RedisStreamBroker
+
+            broker = RedisStreamBroker(url, queue_name=queue, consumer_group_name=queue)
+        else:
+            raise ValueError(
+                f"TaskiqBackend.from_url takes an amqp:// or redis:// URL, got {scheme}://; "
+                "for another broker, give TaskiqBackend the taskiq broker itself"
+            )
+        return cls(broker, **options)
+
     def attach(
         self, settings: Settings, functions: Iterable[tuple[Callable[..., Any], str]]
     ) -> None:

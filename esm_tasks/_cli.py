@@ -1,0 +1,69 @@
+"""The `esm-tasks` command. Thin: it parses arguments and calls what tests call too.
+
+esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="esm-tasks", description="esm_tasks' command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="run an app's queued tasks, taken from its broker")
+    worker.add_argument("app", help="the app, as MODULE:ATTRIBUTE (as uvicorn takes it)")
+    worker.add_argument("--concurrency", type=int, default=10, help="runs at once (10)")
+    worker.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds the runs under way get to finish on SIGTERM (30)",
+    )
+    arguments = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(message)s")
+    try:
+        from .taskiq._worker import WorkerError
+    except ImportError as error:
+        print(f"esm-tasks worker: {error}", file=sys.stderr)
+        return 2
+    try:
+        app = load(arguments.app)
+        asyncio.run(_work(app, arguments.concurrency, arguments.shutdown_timeout))
+    except (WorkerError, ImportError, AttributeError, ValueError) as error:
+        print(f"esm-tasks worker: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def load(target: str) -> Any:
+    """The object `MODULE:ATTRIBUTE` names."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"give the app as MODULE:ATTRIBUTE, got {target!r}")
+    sys.path.insert(0, ".")  # as uvicorn does: the app's module is found from here
+    value: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+async def _work(app: Any, concurrency: int, shutdown_timeout: float) -> None:
+    from .taskiq._worker import work
+
+    stop = anyio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        # The loop's own handler: it wakes the loop, idle or not, on every Python.
+        loop.add_signal_handler(number, stop.set)
+    await work(app, concurrency=concurrency, shutdown_timeout=shutdown_timeout, stop=stop)

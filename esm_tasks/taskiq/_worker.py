@@ -1,0 +1,66 @@
+"""A worker: taskiq's receiver for an app's broker, run with the app's settings."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+from taskiq.acks import AcknowledgeType
+from taskiq.receiver import Receiver
+
+from .._events import logger
+from ._backend import TaskiqBackend
+
+
+class WorkerError(Exception):
+    """Why a worker cannot start: said in one sentence."""
+
+
+async def work(
+    app: Any,
+    *,
+    concurrency: int = 10,
+    shutdown_timeout: float = 30.0,
+    connect_timeout: float = 10.0,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Run the queued runs of `app` until `stop` is set.
+
+    Then it takes no more messages, gives the runs under way `shutdown_timeout` seconds, and
+    returns; a run cut short is not acknowledged, so the broker delivers it again.
+    """
+    settings = getattr(app, "task_settings", None)
+    backend = getattr(settings, "backend", None)
+    if not isinstance(backend, TaskiqBackend):
+        raise WorkerError(
+            f"{app!r} has no queue backend to take runs from; build it with "
+            "App(task_backend=TaskiqBackend...)"
+        )
+    broker = backend.broker
+    broker.is_worker_process = True
+    try:
+        with anyio.fail_after(connect_timeout):
+            await broker.startup()
+    except Exception as error:
+        raise WorkerError(f"the broker cannot be reached: {error!r}") from error
+    receiver = Receiver(
+        broker,
+        max_async_tasks=concurrency,
+        run_startup=False,
+        ack_type=AcknowledgeType.WHEN_EXECUTED,  # acknowledged once the run has finished
+        wait_tasks_timeout=shutdown_timeout,
+    )
+    finish = asyncio.Event()  # the receiver's own kind
+    logger.info("worker taking runs from %s, %d at a time", type(broker).__name__, concurrency)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(receiver.listen, finish)
+            await (stop or anyio.Event()).wait()
+            logger.info(
+                "worker stopping: no new runs; up to %s s for those under way", shutdown_timeout
+            )
+            finish.set()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await broker.shutdown()

@@ -1,0 +1,45 @@
+"""An app whose runs go to a real broker, for tests that start workers in other processes.
+
+The broker's URL and the queue come from ESM_TASKS_TEST_BROKER and ESM_TASKS_TEST_QUEUE;
+each task appends a line to the file named by ESM_TASKS_TEST_OUT: its name, its request's
+id, and the id of the process that ran it.
+"""
+
+import os
+
+from esm_tasks import App, BackgroundTask, BackgroundTasks, post
+from esm_tasks.taskiq import TaskiqBackend
+
+
+def record(name: str, request: str) -> None:
+    with open(os.environ["ESM_TASKS_TEST_OUT"], "a") as out:
+        out.write(f"{name} {request} {os.getpid()}\n")
+
+
+async def declared(request: str) -> None:
+    record("declared", request)
+
+
+async def added(request: str) -> None:
+    record("added", request)
+
+
+@post("/work/{request}")
+async def work(request: str, tasks: BackgroundTasks) -> dict[str, str]:
+    tasks.add_task(added, request)
+    return {"request": request}
+
+
+def build() -> App:
+    route = post("/declared/{request}", background=BackgroundTask(declared, "declared"))(_nothing)
+    backend = TaskiqBackend.from_url(
+        os.environ["ESM_TASKS_TEST_BROKER"], queue=os.environ["ESM_TASKS_TEST_QUEUE"]
+    )
+    return App(routes=[work, route], task_backend=backend, queue_tasks=[added])
+
+
+async def _nothing() -> None:
+    return None
+
+
+app = build() if "ESM_TASKS_TEST_BROKER" in os.environ else None

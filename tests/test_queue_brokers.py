@@ -1,0 +1,121 @@
+"""Runs on real brokers: RabbitMQ and Redis on 127.0.0.1, workers in processes of their own.
+
+Both brokers run on this machine before every session and CI run (.ci/run starts one that
+is not running); a test that cannot reach one fails rather than skips.
+"""
+
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from esm_tasks import App
+from esm_tasks.taskiq import TaskiqBackend
+
+from .support import serve
+
+ROOT = pathlib.Path(__file__).parent.parent
+BROKERS = {
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+    "redis": "redis://127.0.0.1:6379/0",
+}
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def broker_env(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> dict[str, str]:
+    """The environment of an app and its workers on a queue of this test's own."""
+    out = tmp_path / "ran.txt"
+    out.touch()
+    return {
+        **os.environ,
+        "ESM_TASKS_TEST_BROKER": BROKERS[request.param],
+        "ESM_TASKS_TEST_QUEUE": f"esm-tasks-test-{uuid.uuid4().hex[:12]}",
+        "ESM_TASKS_TEST_OUT": str(out),
+    }
+
+
+@contextlib.contextmanager
+def worker(environment: dict[str, str], *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "esm_tasks", "worker", "tests.queue_server:app", *options],
+        cwd=ROOT,
+        env=environment,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def lines(environment: dict[str, str], count: int, deadline: float = 60) -> list[list[str]]:
+    """The tasks recorded so far, once there are `count` of them (or the deadline passed)."""
+    path = pathlib.Path(environment["ESM_TASKS_TEST_OUT"])
+    end = time.monotonic() + deadline
+    while True:
+        found = [line.split() for line in path.read_text().splitlines()]
+        if len(found) >= count or time.monotonic() > end:
+            return found
+        time.sleep(0.05)
+
+
+def test_a_worker_process_runs_what_the_server_sends(
+    broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
+        monkeypatch.setenv(key, broker_env[key])
+    from . import queue_server
+
+    app = queue_server.build()
+    with worker(broker_env, "--concurrency", "4") as process, serve(app, lifespan="on") as url:
+        with httpx.Client(base_url=url) as http:
+            for number in range(5):
+                assert http.post(f"/work/r{number}").status_code == 201
+            assert http.post("/declared/x").status_code == 201
+        ran = lines(broker_env, 6)
+        assert sorted((name, request) for name, request, _ in ran) == [
+            ("added", f"r{number}") for number in range(5)
+        ] + [("declared", "declared")]
+        # Run by the worker, not by the serving process.
+        assert {pid for _, _, pid in ran} == {str(process.pid)}
+        process.send_signal(signal.SIGTERM)  # idle: it exits at once
+        assert process.wait(timeout=30) == 0
+
+
+def test_a_worker_refuses_to_start_without_a_reachable_broker(tmp_path: pathlib.Path) -> None:
+    environment = {
+        **os.environ,
+        "ESM_TASKS_TEST_BROKER": "amqp://guest:guest@127.0.0.1:1/",  # nothing listens there
+        "ESM_TASKS_TEST_QUEUE": "unreachable",
+        "ESM_TASKS_TEST_OUT": str(tmp_path / "out"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "esm_tasks", "worker", "tests.queue_server:app"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "the broker cannot be reached" in done.stderr
+
+
+def test_from_url_takes_rabbitmq_and_redis_urls_only() -> None:
+    assert type(TaskiqBackend.from_url(BROKERS["rabbitmq"]).broker).__name__ == "AioPikaBroker"
+    assert type(TaskiqBackend.from_url(BROKERS["redis"]).broker).__name__ == "RedisStreamBroker"
+    with pytest.raises(ValueError, match="amqp:// or redis://"):
+        TaskiqBackend.from_url("nats://127.0.0.1:4222")
+    assert App  # the public App takes the backend: see test_queue.py
