@@ -49,8 +49,15 @@ class QueueBackend(Destination, Protocol):
         """Serve the app with these settings; a message may name only these functions, each
         given with where it is declared."""
 
+    strict: bool
+    """Send before the response starts, and answer 503 if that fails: a 2xx then means the
+    run is on the broker."""
+
     def check(self, steps: Steps, where: str) -> None:
         """Raise TypeError, naming the task and `where`, unless the steps can be sent."""
+
+    async def send(self, steps: Steps, run: Run) -> bool:
+        """Hand the run to the broker; False, with a WARNING, if it does not take it in time."""
 
     async def startup(self) -> None: ...
 
@@ -90,10 +97,11 @@ IN_REQUEST = InRequest()
 DETACHED = Detached()
 
 
-def destination_of(settings: Settings) -> Destination:
-    """Where the app's runs go now: the queue backend's, if it has one, else detached while
-    detach mode is on and the lifespan runs, else in the request."""
-    if settings.backend is not None:
+def destination_of(run: Run) -> Destination:
+    """Where a run goes: to the app's queue backend, if it has one that would take it, else
+    detached while detach mode is on and the lifespan runs, else on in the request."""
+    settings = run.settings
+    if settings.backend is not None and not run.here:
         return settings.backend
     return DETACHED if settings.detaching else IN_REQUEST
 
@@ -140,7 +148,7 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
     """
     for index, (steps, run, context) in enumerate(runs):
         try:
-            await destination_of(run.settings).take(steps, run, context)
+            await destination_of(run).take(steps, run, context)
         except BaseException:
             await abandon_runs(runs[index + 1 :])  # cancelled: they will never start
             raise

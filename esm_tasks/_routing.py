@@ -109,6 +109,15 @@ class _Endpoint:
             if exits is not None:
                 await close(exits, None, self.route.where)
             return  # the client left before its request was read: nobody to answer
+        here = False
+        backend = settings.backend
+        if steps and backend is not None and backend.strict:
+            # Strict: the run is on the broker before the response says all went well.
+            failed = (response.status_code or 200) >= 500
+            if await backend.send(steps, Run(scope, settings, failed)):
+                steps = ()
+            else:
+                response, here = _unavailable(), True  # its error tasks run here
         # A body made as it is sent may fail part-way, after its status line said all was well.
         watch = SendWatch(send) if isinstance(response, MADE_WHILE_SENT) else None
         error: Exception | None = None
@@ -122,7 +131,9 @@ class _Endpoint:
             # The handler returned: its tasks are owed, even if sending failed.
             failed = error is not None or (response.status_code or 200) >= 500
             if steps:
-                await self.hand_over(scope, settings, steps, failed, exits=exits, error=error)
+                await self.hand_over(
+                    scope, settings, steps, failed, exits=exits, error=error, here=here
+                )
             elif exits is not None:
                 await close(exits, error, self.route.where)
 
@@ -201,6 +212,7 @@ class _Endpoint:
         sent: bool = True,
         exits: contextlib.AsyncExitStack | None = None,
         error: BaseException | None = None,
+        here: bool = False,
     ) -> None:
         """Give the merged steps to whoever runs them: a test; in an App, once the response
         has left it, a task of their own or this call; without an App, this call.
@@ -208,8 +220,10 @@ class _Endpoint:
         `sent`: whether the route's response is out (a failed handler's is sent by the
         layers around it). See `Handover` for a response held back on its way out.
         `exits`: the request's dependencies, cleaned up when the run ends, told of `error`.
+        `here`: run in this process, even with a queue backend (it did not take the run).
         """
         run = Run(scope, settings, failed, exits, error)
+        run.here = here
         watcher = observer.get()
         if watcher is not None:
             layers = scope.get(LAYERS, ())
@@ -220,7 +234,7 @@ class _Endpoint:
         if handover is not None and not (sent and handover.out):
             handover.runs.append((steps, run, contextvars.copy_context()))
         else:
-            await destination_of(settings).take(steps, run, None)
+            await destination_of(run).take(steps, run, None)
 
 
 def _alone(error: Exception) -> Exception:
@@ -231,6 +245,15 @@ def _alone(error: Exception) -> Exception:
         error = inner[0]
         inner = getattr(error, "exceptions", None)
     return error
+
+
+def _unavailable() -> LilyaResponse:
+    """Strict mode's answer when the broker did not take the run: try again later."""
+    return JSONResponse(
+        {"detail": "the request's tasks could not be queued; try again later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 _INVALID: Any = object()  # what `_Endpoint.call` returns for a request that does not bind

@@ -78,6 +78,7 @@ class Run:
         "error",
         "exits",
         "failed",
+        "here",
         "method",
         "path",
         "sent_at",
@@ -104,6 +105,7 @@ class Run:
         # exception that failed the request, if one did.
         self.exits = exits
         self.error = error
+        self.here = False  # runs in this process even with a queue backend: it would not take it
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
 

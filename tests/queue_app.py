@@ -66,3 +66,19 @@ async def add_unregistered(tasks: BackgroundTasks) -> None:
 
 # Added while requests are handled, not declared on a route: registered for the queue.
 RUN_TIME = [receipt, with_dependency, notify]
+
+
+async def on_error_only(label: str) -> None:
+    ran.append(("error task", label))
+
+
+@post(
+    "/strict",
+    background=[
+        BackgroundTask(audit, "strict"),
+        BackgroundTask(on_error_only, "strict").with_policy(when="error"),
+    ],
+)
+async def strict_route() -> dict[str, bool]:
+    ran.append(("handler",))
+    return {"ok": True}

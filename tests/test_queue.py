@@ -21,6 +21,7 @@ from esm_tasks.testing import TestClient
 
 from . import queue_app
 from .queue_app import Order
+from .support import Events, drive
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +148,39 @@ def test_without_a_backend_nothing_imports_taskiq() -> None:
         "App(routes=[x]); assert 'taskiq' not in sys.modules, 'taskiq imported'"
     )
     subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
+
+
+async def test_strict_mode_sends_the_run_before_the_response_starts() -> None:
+    queue_app.ran.clear()
+    events = Events()
+    backend = TaskiqBackend(InMemoryBroker(await_inplace=True), strict=True)
+    app = App(routes=[queue_app.strict_route], task_backend=backend)
+    reply = await drive(app, "POST", "/strict", events)
+    assert reply.status == 201  # a 2xx: the run is on the broker
+    # This broker runs it at once: a worker may start before the client has the response.
+    assert queue_app.ran == [("handler",), ("audit", "strict")]
+    assert events == ["response started", "body sent"]
+
+
+async def test_strict_mode_answers_503_when_the_broker_does_not_take_the_run() -> None:
+    queue_app.ran.clear()
+    events = Events()
+    backend = TaskiqBackend(_RefusingBroker(), strict=True)
+    app = App(routes=[queue_app.strict_route], task_backend=backend)
+    reply = await drive(app, "POST", "/strict", events)
+    assert reply.status == 503
+    assert reply.headers["retry-after"] == "5"
+    # The request failed: its success tasks do not run; those for errors run here, after it.
+    assert queue_app.ran == [("handler",), ("error task", "strict")]
+
+
+async def test_the_testing_kit_captures_queued_runs_as_in_process_ones() -> None:
+    queue_app.ran.clear()
+    app = App(
+        routes=[queue_app.create_order], task_backend=backend(), queue_tasks=queue_app.RUN_TIME
+    )
+    async with TestClient(app, capture=True) as http:
+        await http.post("/orders/5")
+        http.assert_scheduled(queue_app.audit, "declared")
+        http.assert_scheduled(queue_app.notify, "response")
+        assert queue_app.ran == []  # held: nothing went to the broker

@@ -30,11 +30,16 @@ class TaskiqBackend:
         broker refuses it, the run executes in this process, with a WARNING.
     """
 
-    def __init__(self, broker: AsyncBroker, *, send_timeout: float = 2.0) -> None:
+    def __init__(
+        self, broker: AsyncBroker, *, send_timeout: float = 2.0, strict: bool = False
+    ) -> None:
         if not isinstance(broker, AsyncBroker):
             raise TypeError(f"TaskiqBackend takes a taskiq broker, got {broker!r}")
+        if not isinstance(send_timeout, (int, float)) or send_timeout <= 0:
+            raise ValueError(f"TaskiqBackend(send_timeout=...) takes seconds, got {send_timeout!r}")
         self.broker = broker
         self.send_timeout = send_timeout
+        self.strict = strict
 
         async def run(message: dict[str, Any]) -> None:  # taskiq registers functions only
             await self._execute(message)
@@ -99,29 +104,25 @@ class TaskiqBackend:
         return self._send(steps, run, context)
 
     async def _send(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
+        if not await self.send(steps, run):
+            await IN_REQUEST.take(steps, run, context)  # nothing is lost while this process lives
+
+    async def send(self, steps: Steps, run: Run) -> bool:
+        where = f"{run.method} {run.path} [request {run.request_id}]"
         try:
             message = self._encode(steps, run, f"{run.method} {run.path}")
-        except TypeError:  # checked when the handler returned; a failed request's run was not
-            logger.exception(
-                "the run of %s %s [request %s] cannot be sent to the broker; "
-                "it runs in this process instead",
-                *(run.method, run.path, run.request_id),
-            )
-            await IN_REQUEST.take(steps, run, context)
-            return
-        try:
             with anyio.fail_after(self.send_timeout):
                 await self._task.kiq(message.model_dump(mode="json"))
+        except TypeError:  # checked when the handler returned; a failed request's run was not
+            logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
+            return False
         except Exception as error:
             logger.warning(
-                "the run of %s %s [request %s] could not be sent to the broker (%r); "
-                "it runs in this process instead",
-                run.method,
-                run.path,
-                run.request_id,
-                error,
+                "the run of %s could not be sent to the broker (%r)%s",
+                *(where, error, "" if self.strict else "; it runs in this process instead"),
             )
-            await IN_REQUEST.take(steps, run, context)
+            return False
+        return True
 
     async def _execute(self, run: dict[str, Any]) -> None:
         """A worker's side: run one message's steps as the serving process would have."""
