@@ -5,6 +5,7 @@ each task appends a line to the file named by ESM_TASKS_TEST_OUT: its name, its 
 id, and the id of the process that ran it.
 """
 
+import asyncio
 import os
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, post
@@ -16,12 +17,26 @@ def record(name: str, request: str) -> None:
         out.write(f"{name} {request} {os.getpid()}\n")
 
 
+async def slow(request: str) -> None:
+    """Waits, after saying it started, until the test creates the file `<out>.go`."""
+    record("started", request)
+    go = os.environ["ESM_TASKS_TEST_OUT"] + ".go"
+    while not os.path.exists(go):
+        await asyncio.sleep(0.02)
+    record("finished", request)
+
+
 async def declared(request: str) -> None:
     record("declared", request)
 
 
 async def added(request: str) -> None:
     record("added", request)
+
+
+@post("/slow/{request}")
+async def slow_route(request: str, tasks: BackgroundTasks) -> None:
+    tasks.add_task(slow, request)
 
 
 @post("/work/{request}")
@@ -35,7 +50,7 @@ def build() -> App:
     backend = TaskiqBackend.from_url(
         os.environ["ESM_TASKS_TEST_BROKER"], queue=os.environ["ESM_TASKS_TEST_QUEUE"]
     )
-    return App(routes=[work, route], task_backend=backend, queue_tasks=[added])
+    return App(routes=[work, slow_route, route], task_backend=backend, queue_tasks=[added, slow])
 
 
 async def _nothing() -> None:

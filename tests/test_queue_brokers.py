@@ -119,3 +119,38 @@ def test_from_url_takes_rabbitmq_and_redis_urls_only() -> None:
     with pytest.raises(ValueError, match="amqp:// or redis://"):
         TaskiqBackend.from_url("nats://127.0.0.1:4222")
     assert App  # the public App takes the backend: see test_queue.py
+
+
+def test_a_run_whose_worker_is_killed_runs_again_on_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """RabbitMQ gives a dead consumer's unacknowledged messages to the next one at once.
+
+    Lost: nothing. Ran twice: the start of the task that was running when its worker was
+    killed, as at-least-once delivery allows; it finishes once.
+    """
+    out = tmp_path / "ran.txt"
+    out.touch()
+    environment = {
+        **os.environ,
+        "ESM_TASKS_TEST_BROKER": BROKERS["rabbitmq"],
+        "ESM_TASKS_TEST_QUEUE": f"esm-tasks-test-{uuid.uuid4().hex[:12]}",
+        "ESM_TASKS_TEST_OUT": str(out),
+    }
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
+        monkeypatch.setenv(key, environment[key])
+    from . import queue_server
+
+    with serve(queue_server.build(), lifespan="on") as url:
+        with worker(environment) as first:
+            assert httpx.post(f"{url}/slow/k1").status_code == 201
+            assert lines(environment, 1) == [["started", "k1", str(first.pid)]]
+            first.kill()  # SIGKILL, mid-run
+            first.wait(timeout=30)
+        with worker(environment) as second:
+            assert lines(environment, 2)[1] == ["started", "k1", str(second.pid)]
+            pathlib.Path(f"{out}.go").touch()
+            assert lines(environment, 3)[2] == ["finished", "k1", str(second.pid)]
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0
+    assert len(lines(environment, 3, deadline=0)) == 3  # it finished once
