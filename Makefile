@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH  := $(VENV)/.bench-installed
 
-.PHONY: test lint run check bench soak package clean
+.PHONY: test lint run run-queue check bench soak package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ package:
 
 run: $(STAMP)
 	$(BIN)/python -m uvicorn docs_src.demo:app --host 127.0.0.1 --port 8000 --log-level info
+
+# The example in docs_src/scaling_out.py, with two workers, on RabbitMQ at 127.0.0.1:5672.
+run-queue: $(STAMP)
+	$(BIN)/esm-tasks worker docs_src.scaling_out:app & first=$$!; \
+	$(BIN)/esm-tasks worker docs_src.scaling_out:app & second=$$!; \
+	trap 'kill -TERM $$first $$second; wait' EXIT INT TERM; \
+	$(BIN)/python -m uvicorn docs_src.scaling_out:app --host 127.0.0.1 --port 8000
 
 $(BENCH): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -1,12 +1,22 @@
 """Every example in docs_src/ is imported and does what the README says."""
 
 import importlib
+import os
+import pathlib
 import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from types import ModuleType
 
+import httpx
 import pytest
 
 from esm_tasks.testing import TestClient
+
+from .support import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -294,3 +304,30 @@ async def test_openapi() -> None:
     )
     assert created.status_code == 201
     assert module.outbox == ["signup counted", "audited", "welcome team@example.com"]
+
+
+def test_scaling_out(tmp_path: pathlib.Path) -> None:
+    environment = {**os.environ, "BROKER_QUEUE": f"esm-tasks-docs-{uuid.uuid4().hex[:12]}"}
+    root = pathlib.Path(__file__).parent.parent
+    log = tmp_path / "worker.log"
+    with log.open("w") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "esm_tasks", "worker", "docs_src.scaling_out:app"],
+            cwd=root,
+            env=environment,
+            stderr=output,
+        )
+    try:
+        os.environ["BROKER_QUEUE"] = environment["BROKER_QUEUE"]
+        module = importlib.reload(example("scaling_out"))
+        with serve(module.app, lifespan="on") as url:
+            assert httpx.post(f"{url}/users/ada@example.com").status_code == 201
+            deadline = time.monotonic() + 60
+            while "receipt for order 1" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        assert "welcome declared on the route" in log.read_text()
+    finally:
+        os.environ.pop("BROKER_QUEUE", None)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
