@@ -42,7 +42,7 @@ run: $(STAMP)
 run-queue: $(STAMP)
 	$(BIN)/esm-tasks worker docs_src.scaling_out:app & first=$$!; \
 	$(BIN)/esm-tasks worker docs_src.scaling_out:app & second=$$!; \
-	trap 'kill -TERM $$first $$second; wait' EXIT INT TERM; \
+	trap 'kill -TERM $$first $$second 2>/dev/null; wait' EXIT INT TERM; \
 	$(BIN)/python -m uvicorn docs_src.scaling_out:app --host 127.0.0.1 --port 8000
 
 $(BENCH): $(STAMP)
