@@ -5,6 +5,7 @@ is not running); a test that cannot reach one fails rather than skips.
 """
 
 import contextlib
+import logging
 import os
 import pathlib
 import signal
@@ -154,3 +155,22 @@ def test_a_run_whose_worker_is_killed_runs_again_on_another(
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=30) == 0
     assert len(lines(environment, 3, deadline=0)) == 3  # it finished once
+
+
+def test_an_app_whose_broker_is_down_serves_and_runs_its_tasks_itself(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, task_log: list[logging.LogRecord]
+) -> None:
+    out = tmp_path / "ran.txt"
+    out.touch()
+    monkeypatch.setenv("ESM_TASKS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:1/")  # no one
+    monkeypatch.setenv("ESM_TASKS_TEST_QUEUE", "down")
+    monkeypatch.setenv("ESM_TASKS_TEST_OUT", str(out))
+    from . import queue_server
+
+    with serve(queue_server.build(), lifespan="on") as url:  # starts all the same
+        assert httpx.post(f"{url}/work/d1").status_code == 201
+    # Lost: nothing. The run executed in the serving process, and said so.
+    assert out.read_text().split() == ["added", "d1", str(os.getpid())]
+    warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert any("cannot be reached" in text for text in warnings)
+    assert any("runs in this process instead" in text for text in warnings)

@@ -46,6 +46,7 @@ class TaskiqBackend:
 
         self._task = broker.register_task(run, task_name=TASK_NAME)
         self._registry: Registry | None = None
+        self._connected = False
         self._settings: Settings | None = None
 
     @classmethod
@@ -95,10 +96,25 @@ class TaskiqBackend:
         return message
 
     async def startup(self) -> None:
-        await self.broker.startup()
+        """Connect, as the app starts. A broker that cannot be reached does not stop the app:
+        its runs execute in this process (strict mode: answer 503) until it can be."""
+        try:
+            await self._connect()
+        except Exception as error:
+            logger.warning(
+                "the broker cannot be reached (%r); runs execute in this process until it can",
+                error,
+            )
+
+    async def _connect(self) -> None:
+        with anyio.fail_after(self.send_timeout):
+            await self.broker.startup()
+        self._connected = True
 
     async def shutdown(self) -> None:
-        await self.broker.shutdown()
+        if self._connected:
+            self._connected = False
+            await self.broker.shutdown()
 
     def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
         return self._send(steps, run, context)
@@ -111,6 +127,8 @@ class TaskiqBackend:
         where = f"{run.method} {run.path} [request {run.request_id}]"
         try:
             message = self._encode(steps, run, f"{run.method} {run.path}")
+            if not self._connected:
+                await self._connect()  # unreachable when the app started: try again
             with anyio.fail_after(self.send_timeout):
                 await self._task.kiq(message.model_dump(mode="json"))
         except TypeError:  # checked when the handler returned; a failed request's run was not
