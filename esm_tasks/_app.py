@@ -102,12 +102,14 @@ class App(Lilya):
         _leave_logging_alone(options)
         super().__init__(*args, **options)
         if task_backend is not None:
-            # A function no worker could import fails here, where it is declared.
-            declared = _functions(self.task_settings.background, "App(background=...)")
-            registered = ((func, "App(queue_tasks=...)") for func in queue_tasks)
-            task_backend.attach(
-                self.task_settings, [*declared, *_declared_on(self.routes), *registered]
-            )
+            # A task no worker could import or whose arguments JSON cannot carry fails here.
+            layer = [(step, "App(background=...)") for _, step in self.task_settings.background]
+            declared = [*layer, *_declared_on(self.routes)]
+            functions = [(func, where) for step, where in declared for func in _functions(step)]
+            registered = [(func, "App(queue_tasks=...)") for func in queue_tasks]
+            task_backend.attach(self.task_settings, [*functions, *registered])
+            for step, where in declared:
+                task_backend.check([step], where)
         elif queue_tasks:
             raise ValueError("App(queue_tasks=...) registers functions for task_backend=...")
 
@@ -161,31 +163,32 @@ class App(Lilya):
                     await handover.close(cancelled)
 
 
-def _declared_on(routes: Iterable[Any]) -> Iterator[tuple[Callable[..., Any], str]]:
-    """The functions of the tasks declared on these routes, their includes and mounted apps,
-    each with where it is declared."""
+def _declared_on(routes: Iterable[Any]) -> Iterator[tuple[Task, str]]:
+    """The tasks declared on these routes, their includes and mounted apps, each with where it
+    is declared."""
     for route in routes:
         if isinstance(route, TaskRoute):
-            yield from _functions((("handler", step) for step in route.background), route.where)
+            yield from ((step, route.where) for step in route.background)
             continue
         if isinstance(route, Include):
-            yield from _functions(route.background, f"Include({route.path!r}, background=...)")
+            where = f"Include({route.path!r}, background=...)"
+            yield from ((step, where) for _, step in route.background)
         mounted = getattr(route, "app", None)
         if isinstance(mounted, App):
-            yield from _functions(mounted.task_settings.background, "App(background=...)")
+            yield from (
+                (step, "App(background=...)") for _, step in mounted.task_settings.background
+            )
         inner = getattr(route, "routes", None) or getattr(mounted, "routes", None)
         if inner:
             yield from _declared_on(inner)
 
 
-def _functions(
-    layer: Iterable[tuple[str, Task]], where: str
-) -> Iterator[tuple[Callable[..., Any], str]]:
-    for _, step in layer:
-        if isinstance(step, BackgroundTasks):
-            yield from _functions((("", member) for member in step.members()), where)
-        elif isinstance(step, BackgroundTask):
-            yield step.func, where
+def _functions(step: Task) -> Iterator[Callable[..., Any]]:
+    if isinstance(step, BackgroundTasks):
+        for member in step.members():
+            yield from _functions(member)
+    elif isinstance(step, BackgroundTask):
+        yield step.func
 
 
 def _leave_logging_alone(options: dict[str, Any]) -> None:

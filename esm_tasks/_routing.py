@@ -111,8 +111,9 @@ class _Endpoint:
             return  # the client left before its request was read: nobody to answer
         here = False
         backend = settings.backend
-        if steps and backend is not None and backend.strict:
-            # Strict: the run is on the broker before the response says all went well.
+        if steps and backend is not None and backend.strict and observer.get() is None:
+            # Strict: the run is on the broker before the response says all went well (unless
+            # the testing kit watches: it sees and holds runs at the handover).
             failed = (response.status_code or 200) >= 500
             if await backend.send(steps, Run(scope, settings, failed)):
                 steps = ()

@@ -4,6 +4,7 @@ they live at module level."""
 import datetime
 import decimal
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from pydantic import BaseModel
@@ -82,3 +83,15 @@ async def on_error_only(label: str) -> None:
 async def strict_route() -> dict[str, bool]:
     ran.append(("handler",))
     return {"ok": True}
+
+
+closed: list[str] = []
+
+
+async def session() -> AsyncIterator[str]:
+    yield "session"
+    closed.append("closed")
+
+
+@post("/with-session", background=BackgroundTask(audit, "with session"))
+async def with_session(db: Annotated[str, Depends(session)]) -> None: ...

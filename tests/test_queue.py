@@ -184,3 +184,29 @@ async def test_the_testing_kit_captures_queued_runs_as_in_process_ones() -> None
         http.assert_scheduled(queue_app.audit, "declared")
         http.assert_scheduled(queue_app.notify, "response")
         assert queue_app.ran == []  # held: nothing went to the broker
+
+
+async def test_a_queued_requests_dependencies_clean_up_once_the_broker_has_the_run() -> None:
+    queue_app.closed.clear()
+    app = App(routes=[queue_app.with_session], task_backend=backend())
+    async with TestClient(app) as http:
+        await http.post("/with-session")
+    assert queue_app.closed == ["closed"]
+
+
+async def test_the_testing_kit_captures_a_strict_mode_run_too() -> None:
+    queue_app.ran.clear()
+    strict = TaskiqBackend(InMemoryBroker(await_inplace=True), strict=True)
+    app = App(routes=[queue_app.strict_route], task_backend=strict)
+    async with TestClient(app, capture=True) as http:
+        await http.post("/strict")
+        http.assert_scheduled(queue_app.audit, "strict")
+    assert queue_app.ran == [("handler",)]  # held, not sent
+
+
+def test_a_declared_tasks_arguments_are_checked_when_the_app_is_built() -> None:
+    @post("/odd", background=BackgroundTask(queue_app.audit, object()))  # type: ignore[arg-type]
+    async def odd() -> None: ...
+
+    with pytest.raises(TypeError, match=r"POST /odd: task .*audit .*JSON"):
+        App(routes=[odd], task_backend=backend())

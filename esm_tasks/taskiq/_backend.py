@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
 from lilya.background import Task
 from taskiq import AsyncBroker
 
-from .._dispatch import IN_REQUEST
+from .._dispatch import IN_REQUEST, Steps
 from .._events import logger
 from .._execution import run_steps
 from .._run import Run, Settings
 from .._wire import Refused, Registry, RunMessage, encode, run_of
-
-Steps = Sequence[Callable[[], Awaitable[None]]]
 
 TASK_NAME = "esm_tasks.run"
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
@@ -122,6 +120,8 @@ class TaskiqBackend:
     async def _send(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
         if not await self.send(steps, run):
             await IN_REQUEST.take(steps, run, context)  # nothing is lost while this process lives
+        elif run.exits is not None:
+            await run.release()  # the worker cannot use what the request opened: it closes now
 
     async def send(self, steps: Steps, run: Run) -> bool:
         where = f"{run.method} {run.path} [request {run.request_id}]"
