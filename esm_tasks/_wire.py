@@ -128,7 +128,7 @@ def _step(step: Task, where: str) -> Step:
     try:
         args = to_jsonable_python(step.args)
         kwargs = to_jsonable_python(step.kwargs)
-    except PydanticSerializationError as error:
+    except (PydanticSerializationError, ValueError) as error:  # ValueError: bytes not UTF-8
         raise TypeError(
             f"{where}: task {step.name} cannot be sent to a queue: an argument is not one JSON "
             f"can carry ({error})"
@@ -184,10 +184,15 @@ class Registry:
             collection.as_group = step.as_group
             return collection
         func = self.functions.get(step.function)
-        if func is None:
+        if func is None:  # the whole message is refused: it names code the app does not run
             raise Refused(f"the app neither declares nor registers {step.function}")
-        args, kwargs = _validated(func, step.args, step.kwargs)
-        task = BackgroundTask(func, *args, **kwargs)
+        try:
+            args, kwargs = _validated(func, step.args, step.kwargs)
+            task = BackgroundTask(func, *args, **kwargs)
+        except (Refused, ValueError, TypeError) as error:
+            # This task fails as any task does, logged with its request; the others run.
+            task = BackgroundTask(_fail, error)
+            task.name = task_name(func)
         return task if step.policy is None else task.with_policy(**step.policy.model_dump())
 
 
@@ -208,28 +213,36 @@ def _validated(
         bound = signature.bind_partial(*args, **kwargs)
     except TypeError as error:
         raise Refused(f"the arguments do not fit {task_name(func)}{signature}: {error}") from None
+    parameters = signature.parameters
     for name, value in bound.arguments.items():
         adapter = _adapter(func, name)
-        if adapter is not None:
+        if adapter is None:
+            continue
+        kind = parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:  # each item is of the annotated type
+            bound.arguments[name] = tuple(adapter.validate_python(item) for item in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            bound.arguments[name] = {key: adapter.validate_python(v) for key, v in value.items()}
+        else:
             bound.arguments[name] = adapter.validate_python(value)
     return bound.args, bound.kwargs
 
 
 @functools.lru_cache(maxsize=4096)
 def _adapter(func: Callable[..., Any], name: str) -> TypeAdapter[Any] | None:
-    parameter = inspect.signature(func).parameters[name]
-    annotation = parameter.annotation
-    if annotation is inspect.Parameter.empty or parameter.kind in (
-        parameter.VAR_POSITIONAL,
-        parameter.VAR_KEYWORD,
-    ):
+    annotation = inspect.signature(func).parameters[name].annotation
+    if annotation is inspect.Parameter.empty:
         return None
-    if isinstance(annotation, str):
-        annotation = eval(annotation, getattr(func, "__globals__", {}))  # as get_type_hints does
     try:
+        if isinstance(annotation, str):  # as typing.get_type_hints reads it
+            annotation = eval(annotation, getattr(func, "__globals__", {}))
         return TypeAdapter(annotation)
-    except PydanticSchemaGenerationError:
-        return None  # a type pydantic cannot rebuild arrives as JSON has it
+    except (NameError, PydanticSchemaGenerationError):
+        return None  # a type that cannot be rebuilt here arrives as JSON has it
+
+
+async def _fail(error: Exception) -> None:
+    raise Refused(f"its arguments, as the message carries them, do not fit: {error}")
 
 
 def run_of(message: RunMessage, settings: Settings) -> Run:

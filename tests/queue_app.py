@@ -95,3 +95,17 @@ async def session() -> AsyncIterator[str]:
 
 @post("/with-session", background=BackgroundTask(audit, "with session"))
 async def with_session(db: Annotated[str, Depends(session)]) -> None: ...
+
+
+async def takes_text(value: str) -> None:
+    ran.append(("takes text", value))
+
+
+async def many(*orders: Order, **by_name: Order) -> None:
+    ran.append(("many", orders, by_name))
+
+
+@post("/many")
+async def many_route(tasks: BackgroundTasks) -> None:
+    one = Order(number=1, total=decimal.Decimal("1.5"))
+    tasks.add_task(many, one, one, named=one)

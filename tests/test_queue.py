@@ -210,3 +210,53 @@ def test_a_declared_tasks_arguments_are_checked_when_the_app_is_built() -> None:
 
     with pytest.raises(TypeError, match=r"POST /odd: task .*audit .*JSON"):
         App(routes=[odd], task_backend=backend())
+
+
+async def test_a_task_whose_arguments_do_not_fit_on_the_worker_fails_alone(
+    task_log: list[logging.LogRecord],
+) -> None:
+    queue_app.ran.clear()
+    broker = InMemoryBroker(await_inplace=True)
+    App(
+        routes=[queue_app.create_order],
+        task_backend=TaskiqBackend(broker),
+        queue_tasks=[queue_app.takes_text, *queue_app.RUN_TIME],
+    )
+    message = {
+        "run_id": "r1",
+        "method": "POST",
+        "path": "/orders/1",
+        "request_id": "mismatch",
+        "failed": None,
+        "steps": [  # as an older server might send after a deploy changed the signature
+            {"kind": "task", "function": "tests.queue_app:takes_text", "args": [[1, 2]]},
+            {"kind": "task", "function": "tests.queue_app:notify", "args": ["after"]},
+        ],
+    }
+    task = broker.find_task("esm_tasks.run")
+    assert task is not None
+    await task.kiq(message)
+    assert queue_app.ran == [("notify", "after")]
+    [record] = [r for r in task_log if r.levelno >= logging.ERROR]
+    assert record.task_name == "takes_text"  # type: ignore[attr-defined]
+    assert "[request mismatch]" in record.getMessage()
+
+
+async def test_star_arguments_arrive_as_their_annotated_types() -> None:
+    queue_app.ran.clear()
+    app = App(routes=[queue_app.many_route], task_backend=backend(), queue_tasks=[queue_app.many])
+    async with TestClient(app) as http:
+        await http.post("/many")
+    one = Order(number=1, total=decimal.Decimal("1.5"))
+    assert queue_app.ran == [("many", (one, one), {"named": one})]
+
+
+async def test_bytes_json_cannot_carry_fail_the_request_naming_the_task() -> None:
+    @post("/bytes")
+    async def with_bytes(tasks: BackgroundTasks) -> None:
+        tasks.add_task(queue_app.audit, bytes([0xFF, 0xFE]))  # type: ignore[arg-type]
+
+    app = App(routes=[with_bytes], task_backend=backend())
+    async with TestClient(app) as http:
+        with pytest.raises(TypeError, match=r"POST /bytes: task .*audit .*JSON"):
+            await http.post("/bytes")
