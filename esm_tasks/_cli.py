@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds the runs under way get to finish on SIGTERM (30)",
     )
     arguments = parser.parse_args(argv)
+    if arguments.concurrency < 1:
+        parser.error("--concurrency takes a whole number of at least 1")
+    if arguments.shutdown_timeout < 0:
+        parser.error("--shutdown-timeout takes seconds, 0 or more")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(message)s")
     try:
@@ -39,9 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         app = load(arguments.app)
+    except (ImportError, AttributeError, ValueError) as error:
+        print(f"esm-tasks worker: cannot load {arguments.app}: {error}", file=sys.stderr)
+        return 2
+    try:
         asyncio.run(_work(app, arguments.concurrency, arguments.shutdown_timeout))
-    except (WorkerError, ImportError, AttributeError, ValueError) as error:
-        print(f"esm-tasks worker: {error}", file=sys.stderr)
+    except WorkerError as error:
+        print(f"esm-tasks worker: {arguments.app}: {error}", file=sys.stderr)
         return 2
     return 0
 

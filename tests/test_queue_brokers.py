@@ -174,3 +174,65 @@ def test_an_app_whose_broker_is_down_serves_and_runs_its_tasks_itself(
     warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
     assert any("cannot be reached" in text for text in warnings)
     assert any("runs in this process instead" in text for text in warnings)
+
+
+def _environment(broker: str, tmp_path: pathlib.Path) -> dict[str, str]:
+    out = tmp_path / "ran.txt"
+    out.touch()
+    return {
+        **os.environ,
+        "ESM_TASKS_TEST_BROKER": BROKERS[broker],
+        "ESM_TASKS_TEST_QUEUE": f"esm-tasks-test-{uuid.uuid4().hex[:12]}",
+        "ESM_TASKS_TEST_OUT": str(out),
+    }
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_a_run_cut_short_at_shutdown_is_not_acknowledged(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Lost: nothing. A run still going when the shutdown timeout ends stays on the broker."""
+    environment = _environment(broker, tmp_path)
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
+        monkeypatch.setenv(key, environment[key])
+    from . import queue_server
+
+    with serve(queue_server.build(), lifespan="on") as url:
+        with worker(environment, "--shutdown-timeout", "0.2") as first:
+            assert httpx.post(f"{url}/slow/c1").status_code == 201
+            assert lines(environment, 1) == [["started", "c1", str(first.pid)]]
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
+        if broker == "redis":  # redelivered after taskiq-redis's idle timeout: still pending
+            import redis
+
+            queue = environment["ESM_TASKS_TEST_QUEUE"]
+            with redis.Redis.from_url(BROKERS["redis"]) as client:
+                assert client.xpending(queue, queue)["pending"] == 1
+                client.delete(queue)
+            return
+        with worker(environment) as second:  # RabbitMQ: the next worker takes it
+            assert lines(environment, 2)[1] == ["started", "c1", str(second.pid)]
+            pathlib.Path(f"{environment['ESM_TASKS_TEST_OUT']}.go").touch()
+            assert lines(environment, 3)[2] == ["finished", "c1", str(second.pid)]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["tests.queue_app:create_order"], "tests.queue_app:create_order: it has no queue backend"),
+        (["tests.nowhere:app"], "cannot load tests.nowhere:app"),
+        (["tests.queue_app"], "MODULE:ATTRIBUTE"),
+        (["tests.queue_app:create_order", "--concurrency", "0"], "--concurrency takes"),
+    ],
+)
+def test_the_worker_command_says_why_it_will_not_start(arguments: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "esm_tasks", "worker", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr

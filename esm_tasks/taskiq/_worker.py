@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any
 
 import anyio
-from taskiq.acks import AcknowledgeType
+from taskiq import AsyncBroker
+from taskiq.acks import AckableMessage, AcknowledgeType
 from taskiq.receiver import Receiver
 
 from .._events import logger
@@ -34,7 +37,7 @@ async def work(
     backend = getattr(settings, "backend", None)
     if not isinstance(backend, TaskiqBackend):
         raise WorkerError(
-            f"{app!r} has no queue backend to take runs from; build it with "
+            "it has no queue backend to take runs from; build it with "
             "App(task_backend=TaskiqBackend...)"
         )
     broker = backend.broker
@@ -44,6 +47,7 @@ async def work(
             await broker.startup()
     except Exception as error:
         raise WorkerError(f"the broker cannot be reached: {error!r}") from error
+    grace = _Grace(broker)
     receiver = Receiver(
         broker,
         max_async_tasks=concurrency,
@@ -62,5 +66,30 @@ async def work(
             )
             finish.set()
     finally:
+        # Past the shutdown timeout: a run still going is cut short with the process, and
+        # must stay unacknowledged, whatever taskiq's receiver does as it is cancelled.
+        grace.over = True
         with anyio.CancelScope(shield=True):
             await broker.shutdown()
+
+
+class _Grace:
+    """Wraps the broker's `listen` so that no message is acknowledged once `over` is set."""
+
+    def __init__(self, broker: AsyncBroker) -> None:
+        self.over = False
+        self._listen = broker.listen
+        broker.listen = self.listen  # type: ignore[method-assign]
+
+    async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
+        async for message in self._listen():
+            if isinstance(message, AckableMessage):
+                message = AckableMessage(
+                    data=message.data, ack=functools.partial(self.ack, message)
+                )
+            yield message
+
+    def ack(self, message: AckableMessage) -> Awaitable[None] | None:
+        if self.over:
+            return None
+        return message.ack()
