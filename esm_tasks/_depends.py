@@ -51,12 +51,17 @@ def marker_of(parameter: inspect.Parameter, func: Callable[..., Any]) -> Depende
         return parameter.default
     annotation = parameter.annotation
     if isinstance(annotation, str):
-        namespace = getattr(inspect.unwrap(func), "__globals__", {})
         try:
-            annotation = eval(annotation, namespace)  # as typing.get_type_hints does
+            annotation = evaluate(annotation, func)
         except Exception:  # a name imported only for type checkers, say
             return None
     for item in getattr(annotation, "__metadata__", ()):
         if isinstance(item, Dependency):
             return item
     return None
+
+
+def evaluate(annotation: str, func: Callable[..., Any]) -> Any:
+    """An annotation written as a string (PEP 563), read in `func`'s module, as
+    `typing.get_type_hints` reads it; NameError if it names what the module lacks."""
+    return eval(annotation, getattr(inspect.unwrap(func), "__globals__", {}))

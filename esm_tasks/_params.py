@@ -38,7 +38,7 @@ from ._binding import (
     get_request,
     get_tasks,
 )
-from ._depends import Dependency, marker_of
+from ._depends import Dependency, evaluate, marker_of
 from ._responses import ResponseDraft
 
 BODY_NAMES = frozenset({"data", "payload"})
@@ -315,9 +315,8 @@ def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -
     """An annotation's value, evaluating one written as a string (PEP 563)."""
     if not isinstance(annotation, str):
         return annotation
-    namespace = getattr(inspect.unwrap(func), "__globals__", {})
     try:
-        return eval(annotation, namespace)  # what typing.get_type_hints does, one at a time
+        return evaluate(annotation, func)
     except NameError as error:
         raise TypeError(
             f"{where}: the annotation {annotation!r} of {name!r} in {func.__qualname__} names "

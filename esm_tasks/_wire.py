@@ -21,6 +21,7 @@ from lilya.background import Task
 from pydantic import BaseModel, ConfigDict, Field, PydanticSchemaGenerationError, TypeAdapter
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from ._depends import evaluate
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, TaskPolicy
 from ._run import Run, Settings
 from ._tasks import BackgroundTask, BackgroundTasks, task_name
@@ -234,8 +235,8 @@ def _adapter(func: Callable[..., Any], name: str) -> TypeAdapter[Any] | None:
     if annotation is inspect.Parameter.empty:
         return None
     try:
-        if isinstance(annotation, str):  # as typing.get_type_hints reads it
-            annotation = eval(annotation, getattr(func, "__globals__", {}))
+        if isinstance(annotation, str):
+            annotation = evaluate(annotation, func)
         return TypeAdapter(annotation)
     except (NameError, PydanticSchemaGenerationError):
         return None  # a type that cannot be rebuilt here arrives as JSON has it
