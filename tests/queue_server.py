@@ -48,7 +48,9 @@ async def work(request: str, tasks: BackgroundTasks) -> dict[str, str]:
 def build() -> App:
     route = post("/declared/{request}", background=BackgroundTask(declared, "declared"))(_nothing)
     backend = TaskiqBackend.from_url(
-        os.environ["ESM_TASKS_TEST_BROKER"], queue=os.environ["ESM_TASKS_TEST_QUEUE"]
+        os.environ["ESM_TASKS_TEST_BROKER"],
+        queue=os.environ["ESM_TASKS_TEST_QUEUE"],
+        claim_after=float(os.environ.get("ESM_TASKS_TEST_CLAIM_AFTER", "30")),
     )
     return App(routes=[work, slow_route, route], task_backend=backend, queue_tasks=[added, slow])
 

@@ -48,11 +48,14 @@ class TaskiqBackend:
         self._settings: Settings | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, queue: str = "esm_tasks", **options: Any) -> TaskiqBackend:
+    def from_url(
+        cls, url: str, *, queue: str = "esm_tasks", claim_after: float = 30.0, **options: Any
+    ) -> TaskiqBackend:
         """A backend on the broker for `url`: RabbitMQ (`amqp://`, `amqps://`, through
-        taskiq-aio-pika, on a quorum queue) or Redis (`redis://`, `rediss://`, a stream,
-        through taskiq-redis). `queue` names the queue (the exchange and consumer group too);
-        `options` go to `TaskiqBackend`."""
+        taskiq-aio-pika, on a quorum queue) or Redis (`redis://`, `rediss://`, a stream read
+        by esm_tasks' `StreamBroker`). `queue` names the queue (the exchange, the stream and
+        its group too); `claim_after`, on Redis: seconds before a silent worker's runs go to
+        another. `options` go to `TaskiqBackend`."""
         scheme = url.partition("://")[0].lower()
         broker: AsyncBroker
         if scheme in ("amqp", "amqps"):
@@ -64,9 +67,9 @@ class TaskiqBackend:
                 url, exchange=Exchange(name=queue), task_queues=[Queue(name=queue)]
             )
         elif scheme in ("redis", "rediss"):
-            from taskiq_redis import RedisStreamBroker
+            from ._redis import StreamBroker
 
-            broker = RedisStreamBroker(url, queue_name=queue, consumer_group_name=queue)
+            broker = StreamBroker(url, stream=queue, claim_after=claim_after)
         else:
             raise ValueError(
                 f"TaskiqBackend.from_url takes an amqp:// or redis:// URL, got {scheme}://; "

@@ -1,0 +1,152 @@
+"""A Redis stream as a queue that delivers each run at least once, on taskiq's broker API.
+
+taskiq-redis's stream broker leaves gaps that lose or repeat runs: a dead worker's messages
+wait for its idle timeout *and* for a new message to arrive; a run longer than that timeout
+starts again on another worker; acknowledged entries stay in the stream for good. This
+broker closes them:
+
+- every poll, a worker claims what another has held for `claim_after` seconds without
+  acknowledging it: a killed worker's runs go to the others with no new traffic;
+- while a message is held, its worker claims it again every `claim_after / 3` seconds (a
+  heartbeat), so a long run is never started twice while its worker lives;
+- acknowledging deletes the entry: the stream holds only what is still owed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+
+
+class StreamBroker(AsyncBroker):
+    """Runs on a Redis stream, read by a consumer group.
+
+    :param url: the Redis server, `redis://host:port/db`.
+    :param stream: the stream's key; the consumer group has the same name.
+    :param claim_after: seconds a held message may go without its worker's heartbeat before
+        another worker takes it: a killed worker's runs restart that long after.
+    :param poll: seconds a worker waits for a new message before looking again for ones to
+        claim.
+    :param batch: messages read at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "esm_tasks",
+        claim_after: float = 30.0,
+        poll: float = 1.0,
+        batch: int = 10,
+    ) -> None:
+        super().__init__()
+        if claim_after <= 0 or poll <= 0 or batch < 1:
+            raise ValueError("StreamBroker takes claim_after and poll above 0, batch of 1 or more")
+        self.url = url
+        self.stream = stream
+        self.claim_after = claim_after
+        self.poll = poll
+        self.batch = batch
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._redis: Redis | None = None
+        self._held: set[bytes] = set()  # ids read and not yet acknowledged
+        self._beating: asyncio.Task[None] | None = None
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("StreamBroker is not started")
+        return self._redis
+
+    async def startup(self) -> None:
+        self._redis = Redis.from_url(self.url)
+        try:
+            await self.redis.xgroup_create(self.stream, self.stream, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # the group exists already: as expected
+                raise
+        await super().startup()
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if self._beating is not None:
+            self._beating.cancel()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def kick(self, message: BrokerMessage) -> None:
+        await self.redis.xadd(self.stream, {"data": message.message})
+
+    async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
+        # A task of its own, not a task group: a generator must not yield inside one.
+        self._beating = asyncio.get_running_loop().create_task(self._beat())
+        try:
+            while True:
+                for entry_id, fields in await self._claim():
+                    yield self._ackable(entry_id, fields)
+                for entry_id, fields in await self._read():
+                    yield self._ackable(entry_id, fields)
+        finally:
+            self._beating.cancel()
+
+    async def _claim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """What other consumers have held too long: a killed worker's runs."""
+        _, entries, _ = await self.redis.xautoclaim(
+            self.stream,
+            self.stream,
+            self.consumer,
+            min_idle_time=int(self.claim_after * 1000),
+            start_id="0-0",
+            count=self.batch,
+        )
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
+
+    async def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        # [(stream, [(id, fields), ...])], as Redis answers in RESP2, redis-py's default
+        fetched: Any = await self.redis.xreadgroup(
+            self.stream,
+            self.consumer,
+            {self.stream: ">"},
+            count=self.batch,
+            block=int(self.poll * 1000),
+        )
+        return [entry for _, entries in fetched or () for entry in entries]
+
+    def _ackable(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AckableMessage:
+        self._held.add(entry_id)
+        return AckableMessage(data=fields[b"data"], ack=functools.partial(self._ack, entry_id))
+
+    async def _ack(self, entry_id: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.stream, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            await pipe.execute()
+        self._held.discard(entry_id)
+
+    async def _beat(self) -> None:
+        """Keep what this worker holds its own: claimed again, idle time reset, every third of
+        `claim_after`."""
+        while True:
+            await anyio.sleep(self.claim_after / 3)
+            if self._held:
+                with contextlib.suppress(ResponseError):
+                    await self.redis.xclaim(
+                        self.stream,
+                        self.stream,
+                        self.consumer,
+                        min_idle_time=0,
+                        message_ids=list(self._held),
+                        justid=True,
+                    )
