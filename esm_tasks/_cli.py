@@ -29,7 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=30.0,
         help="seconds the runs under way get to finish on SIGTERM (30)",
     )
+    dead = commands.add_parser("dead-letters", help="list the runs that could not run")
+    dead.add_argument("app", help="the app, as MODULE:ATTRIBUTE")
+    dead.add_argument("--requeue", action="store_true", help="send them back to the queue")
     arguments = parser.parse_args(argv)
+    if arguments.command == "dead-letters":
+        return _dead_letters(arguments.app, arguments.requeue)
     if arguments.concurrency < 1:
         parser.error("--concurrency takes a whole number of at least 1")
     if arguments.shutdown_timeout < 0:
@@ -51,6 +56,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkerError as error:
         print(f"esm-tasks worker: {arguments.app}: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _dead_letters(target: str, requeue: bool) -> int:
+    try:
+        from .taskiq._dead_letters import dead_letters, describe
+    except ImportError as error:
+        print(f"esm-tasks dead-letters: {error}", file=sys.stderr)
+        return 2
+    try:
+        letters = asyncio.run(dead_letters(load(target), requeue=requeue))
+    except Exception as error:  # a bad target, or a broker out of reach: said in one line
+        print(f"esm-tasks dead-letters: {target}: {error}", file=sys.stderr)
+        return 2
+    for letter in letters:
+        print(describe(letter))
+    done = "requeued" if requeue else "dead letters"
+    print(f"{len(letters)} {done}", file=sys.stderr)
     return 0
 
 

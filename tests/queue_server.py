@@ -7,6 +7,7 @@ id, and the id of the process that ran it.
 
 import asyncio
 import os
+import signal
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, post
 from esm_tasks.taskiq import TaskiqBackend
@@ -26,6 +27,12 @@ async def slow(request: str) -> None:
     record("finished", request)
 
 
+async def poison(request: str) -> None:
+    """Kills the worker that runs it, every time."""
+    record("poison", request)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 async def declared(request: str) -> None:
     record("declared", request)
 
@@ -37,6 +44,11 @@ async def added(request: str) -> None:
 @post("/slow/{request}")
 async def slow_route(request: str, tasks: BackgroundTasks) -> None:
     tasks.add_task(slow, request)
+
+
+@post("/poison/{request}")
+async def poison_route(request: str, tasks: BackgroundTasks) -> None:
+    tasks.add_task(poison, request)
 
 
 @post("/work/{request}")
@@ -51,8 +63,13 @@ def build() -> App:
         os.environ["ESM_TASKS_TEST_BROKER"],
         queue=os.environ["ESM_TASKS_TEST_QUEUE"],
         claim_after=float(os.environ.get("ESM_TASKS_TEST_CLAIM_AFTER", "30")),
+        max_deliveries=int(os.environ.get("ESM_TASKS_TEST_MAX_DELIVERIES", "5")),
     )
-    return App(routes=[work, slow_route, route], task_backend=backend, queue_tasks=[added, slow])
+    return App(
+        routes=[work, slow_route, poison_route, route],
+        task_backend=backend,
+        queue_tasks=[added, slow, poison],
+    )
 
 
 async def _nothing() -> None:

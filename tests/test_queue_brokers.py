@@ -15,8 +15,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
+from taskiq.message import TaskiqMessage
 
 from esm_tasks import App
 from esm_tasks.taskiq import TaskiqBackend
@@ -115,7 +117,7 @@ def test_a_worker_refuses_to_start_without_a_reachable_broker(tmp_path: pathlib.
 
 
 def test_from_url_takes_rabbitmq_and_redis_urls_only() -> None:
-    assert type(TaskiqBackend.from_url(BROKERS["rabbitmq"]).broker).__name__ == "AioPikaBroker"
+    assert type(TaskiqBackend.from_url(BROKERS["rabbitmq"]).broker).__name__ == "QueueBroker"
     assert type(TaskiqBackend.from_url(BROKERS["redis"]).broker).__name__ == "StreamBroker"
     with pytest.raises(ValueError, match="amqp:// or redis://"):
         TaskiqBackend.from_url("nats://127.0.0.1:4222")
@@ -248,3 +250,120 @@ def test_the_worker_command_says_why_it_will_not_start(arguments: list[str], mes
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def _forged(function: str, request: str) -> dict[str, object]:
+    return {
+        "run_id": uuid.uuid4().hex,
+        "method": "POST",
+        "path": "/forged",
+        "request_id": request,
+        "failed": None,
+        "steps": [{"kind": "task", "function": function, "args": [request]}],
+    }
+
+
+def _dead_letters(environment: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esm_tasks", "dead-letters", "tests.queue_server:app", *options],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_a_forged_message_becomes_a_dead_letter_that_can_be_listed(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Lost: nothing. A message naming what the app does not run is kept, with why."""
+    environment = _environment(broker, tmp_path)
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
+        monkeypatch.setenv(key, environment[key])
+    from . import queue_server
+
+    app = queue_server.build()
+    with worker(environment):
+
+        async def forge() -> None:
+            broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
+            await broker_.startup()
+            task = broker_.find_task("esm_tasks.run")
+            await task.kiq(_forged("os:system", "forged-1"))
+            await broker_.shutdown()
+
+        anyio.run(forge)
+        end = time.monotonic() + 60
+        while "forged-1" not in (listed := _dead_letters(environment).stdout):
+            assert time.monotonic() < end, listed
+            time.sleep(0.1)
+    assert "POST /forged [request forged-1]  os:system  -- the app neither declares" in listed
+    assert lines(environment, 0, deadline=0) == []  # and it did not run
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_a_dead_letter_requeued_runs_on_a_worker(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    environment = _environment(broker, tmp_path)
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
+        monkeypatch.setenv(key, environment[key])
+    from . import queue_server
+
+    app = queue_server.build()
+
+    async def bury() -> None:  # as a run refused before a deploy registered its function
+        broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
+        await broker_.startup()
+        run = _forged("tests.queue_server:added", "buried")
+        message = TaskiqMessage(
+            task_id="t", task_name="esm_tasks.run", labels={}, args=[run], kwargs={}
+        )
+        letter = broker_.formatter.dumps(message).message
+        await broker_.dead_letter(letter, "not registered then")  # type: ignore[attr-defined]
+        await broker_.shutdown()
+
+    anyio.run(bury)
+    assert "1 requeued" in _dead_letters(environment, "--requeue").stderr
+    with worker(environment) as process:
+        assert lines(environment, 1) == [["added", "buried", str(process.pid)]]
+    assert "0 dead letters" in _dead_letters(environment).stderr
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_a_run_that_keeps_killing_its_worker_becomes_a_dead_letter(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Lost: nothing, and no worker is killed for good: after `max_deliveries` (here 2) the
+    run is kept as a dead letter. Ran twice: the run, once per worker it killed."""
+    environment = {**_environment(broker, tmp_path), "ESM_TASKS_TEST_MAX_DELIVERIES": "2"}
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
+        monkeypatch.setenv(key, environment[key])
+    monkeypatch.setenv("ESM_TASKS_TEST_MAX_DELIVERIES", "2")
+    from . import queue_server
+
+    app = queue_server.build()
+    broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
+
+    async def letters() -> list[str]:
+        await broker_.startup()
+        try:
+            return [letter.reason for letter in await broker_.dead_letters()]  # type: ignore[attr-defined]
+        finally:
+            await broker_.shutdown()
+
+    with serve(app, lifespan="on") as url:
+        assert httpx.post(f"{url}/poison/p1").status_code == 201
+    killed = 0
+    end = time.monotonic() + 120
+    while not anyio.run(letters):
+        assert time.monotonic() < end, f"killed {killed} workers, no dead letter"
+        with worker(environment) as process:
+            while process.poll() is None and time.monotonic() < end and not anyio.run(letters):
+                time.sleep(0.1)
+            killed += process.returncode == -signal.SIGKILL
+    assert killed == 2
+    assert [line[0] for line in lines(environment, 2, deadline=0)] == ["poison", "poison"]

@@ -9,12 +9,14 @@ from typing import Any
 import anyio
 from lilya.background import Task
 from taskiq import AsyncBroker
+from taskiq.message import TaskiqMessage
 
 from .._dispatch import IN_REQUEST, Steps
 from .._events import logger
 from .._execution import run_steps
 from .._run import Run, Settings
 from .._wire import Refused, Registry, RunMessage, encode, run_of
+from ._dead_letters import KeepsDeadLetters
 
 TASK_NAME = "esm_tasks.run"
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
@@ -49,27 +51,33 @@ class TaskiqBackend:
 
     @classmethod
     def from_url(
-        cls, url: str, *, queue: str = "esm_tasks", claim_after: float = 30.0, **options: Any
+        cls,
+        url: str,
+        *,
+        queue: str = "esm_tasks",
+        claim_after: float = 30.0,
+        max_deliveries: int = 5,
+        **options: Any,
     ) -> TaskiqBackend:
-        """A backend on the broker for `url`: RabbitMQ (`amqp://`, `amqps://`, through
-        taskiq-aio-pika, on a quorum queue) or Redis (`redis://`, `rediss://`, a stream read
-        by esm_tasks' `StreamBroker`). `queue` names the queue (the exchange, the stream and
-        its group too); `claim_after`, on Redis: seconds before a silent worker's runs go to
-        another. `options` go to `TaskiqBackend`."""
+        """A backend on the broker for `url`: RabbitMQ (`amqp://`, `amqps://`: a quorum queue,
+        through taskiq-aio-pika) or Redis (`redis://`, `rediss://`: a stream read by a consumer
+        group). `queue` names the queue (the exchange, the stream and its group too), and its
+        dead letters' place beside it (`<queue>.dead`; on Redis `<queue>:dead`).
+        `claim_after`, on Redis: seconds before a silent worker's runs go to another.
+        `max_deliveries`: deliveries after which a run is dead-lettered, not run again.
+        `options` go to `TaskiqBackend`."""
         scheme = url.partition("://")[0].lower()
         broker: AsyncBroker
         if scheme in ("amqp", "amqps"):
-            from taskiq_aio_pika import AioPikaBroker
-            from taskiq_aio_pika.exchange import Exchange
-            from taskiq_aio_pika.queue import Queue
+            from ._rabbitmq import QueueBroker
 
-            broker = AioPikaBroker(
-                url, exchange=Exchange(name=queue), task_queues=[Queue(name=queue)]
-            )
+            broker = QueueBroker(url, queue=queue, max_deliveries=max_deliveries)
         elif scheme in ("redis", "rediss"):
             from ._redis import StreamBroker
 
-            broker = StreamBroker(url, stream=queue, claim_after=claim_after)
+            broker = StreamBroker(
+                url, stream=queue, claim_after=claim_after, max_deliveries=max_deliveries
+            )
         else:
             raise ValueError(
                 f"TaskiqBackend.from_url takes an amqp:// or redis:// URL, got {scheme}://; "
@@ -153,12 +161,19 @@ class TaskiqBackend:
         try:
             steps: list[Task] = self._registry.decode(message)
         except Refused as refusal:
-            logger.error(
-                "refused a run of %s %s [request %s]: %s",
-                message.method,
-                message.path,
-                message.request_id,
-                refusal,
+            where = f"{message.method} {message.path} [request {message.request_id}]"
+            if not isinstance(self.broker, KeepsDeadLetters):
+                logger.error("refused a run of %s: %s", where, refusal)
+                raise
+            # Kept as the broker carries it, so that requeueing sends it as it came.
+            kept = TaskiqMessage(
+                task_id=message.run_id,
+                task_name=TASK_NAME,
+                labels={},
+                args=[message.model_dump(mode="json")],
+                kwargs={},
             )
-            raise
+            await self.broker.dead_letter(self.broker.formatter.dumps(kept).message, str(refusal))
+            logger.error("refused a run of %s, now a dead letter: %s", where, refusal)
+            return
         await run_steps(steps, run_of(message, self._settings))

@@ -9,7 +9,9 @@ broker closes them:
   acknowledging it: a killed worker's runs go to the others with no new traffic;
 - while a message is held, its worker claims it again every `claim_after / 3` seconds (a
   heartbeat), so a long run is never started twice while its worker lives;
-- acknowledging deletes the entry: the stream holds only what is still owed.
+- acknowledging deletes the entry: the stream holds only what is still owed;
+- a message claimed `max_deliveries` times (a run that keeps killing its worker), or refused
+  by the app, goes to the stream `<stream>:dead`, never dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 
+from ._dead_letters import DeadLetter
+
 
 class StreamBroker(AsyncBroker):
     """Runs on a Redis stream, read by a consumer group.
@@ -39,6 +43,7 @@ class StreamBroker(AsyncBroker):
     :param poll: seconds a worker waits for a new message before looking again for ones to
         claim.
     :param batch: messages read at once.
+    :param max_deliveries: deliveries after which a message is dead-lettered, not run again.
     """
 
     def __init__(
@@ -49,12 +54,18 @@ class StreamBroker(AsyncBroker):
         claim_after: float = 30.0,
         poll: float = 1.0,
         batch: int = 10,
+        max_deliveries: int = 5,
     ) -> None:
         super().__init__()
-        if claim_after <= 0 or poll <= 0 or batch < 1:
-            raise ValueError("StreamBroker takes claim_after and poll above 0, batch of 1 or more")
+        if claim_after <= 0 or poll <= 0 or batch < 1 or max_deliveries < 1:
+            raise ValueError(
+                "StreamBroker takes claim_after and poll above 0, batch and max_deliveries "
+                "of 1 or more"
+            )
         self.url = url
         self.stream = stream
+        self.dead = f"{stream}:dead"
+        self.max_deliveries = max_deliveries
         self.claim_after = claim_after
         self.poll = poll
         self.batch = batch
@@ -111,7 +122,21 @@ class StreamBroker(AsyncBroker):
             start_id="0-0",
             count=self.batch,
         )
-        return [(entry_id, fields) for entry_id, fields in entries if fields]
+        claimed = []
+        for entry_id, fields in entries:
+            if not fields:
+                continue
+            [pending] = await self.redis.xpending_range(
+                self.stream, self.stream, min=entry_id, max=entry_id, count=1
+            )
+            delivered = int(pending["times_delivered"])
+            if delivered > self.max_deliveries:
+                reason = f"delivered {delivered - 1} times; its worker died each time"
+                await self.dead_letter(fields[b"data"], reason)
+                await self._ack(entry_id)
+            else:
+                claimed.append((entry_id, fields))
+        return claimed
 
     async def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         # [(stream, [(id, fields), ...])], as Redis answers in RESP2, redis-py's default
@@ -134,6 +159,23 @@ class StreamBroker(AsyncBroker):
             pipe.xdel(self.stream, entry_id)
             await pipe.execute()
         self._held.discard(entry_id)
+
+    async def dead_letter(self, data: bytes, reason: str) -> None:
+        await self.redis.xadd(self.dead, {"data": data, "reason": reason})
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        entries: Any = await self.redis.xrange(self.dead)
+        return [
+            DeadLetter(entry_id.decode(), fields[b"data"], fields[b"reason"].decode())
+            for entry_id, fields in entries
+        ]
+
+    async def requeue(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(self.stream, {"data": letter.data})
+                pipe.xdel(self.dead, letter.id)
+                await pipe.execute()
 
     async def _beat(self) -> None:
         """Keep what this worker holds its own: claimed again, idle time reset, every third of

@@ -1,0 +1,79 @@
+"""RabbitMQ, through taskiq-aio-pika, with a dead-letter queue of the app's own."""
+
+from __future__ import annotations
+
+import aio_pika
+from taskiq_aio_pika import AioPikaBroker
+from taskiq_aio_pika.exchange import Exchange
+from taskiq_aio_pika.queue import Queue
+
+from ._dead_letters import DeadLetter
+
+
+class QueueBroker(AioPikaBroker):
+    """A quorum queue, its exchange, and `<queue>.dead` beside it.
+
+    RabbitMQ gives a dead consumer's unacknowledged messages to the next one at once. A message
+    delivered `max_deliveries` times (a run that keeps killing its worker) goes, by RabbitMQ
+    itself, to the dead-letter queue, as does one the worker refuses.
+    """
+
+    def __init__(self, url: str, *, queue: str = "esm_tasks", max_deliveries: int = 5) -> None:
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
+        self.dead = f"{queue}.dead"
+        super().__init__(
+            url,
+            exchange=Exchange(name=queue),
+            # RabbitMQ's limit counts returns: delivered once, then returned up to the limit.
+            task_queues=[Queue(name=queue, arguments={"x-delivery-limit": max_deliveries - 1})],
+            dead_letter_queue=Queue(name=self.dead),
+        )
+        self.queue = queue
+
+    async def dead_letter(self, data: bytes, reason: str) -> None:
+        await self._channel().default_exchange.publish(
+            aio_pika.Message(
+                data,
+                headers={"x-esm-tasks-reason": reason},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=self.dead,
+        )
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """What the dead-letter queue holds, left in it."""
+        found, held = [], []
+        queue = await self._channel().get_queue(self.dead)
+        while (message := await queue.get(fail=False)) is not None:
+            held.append(message)
+            reason = message.headers.get("x-esm-tasks-reason")
+            if reason is None:  # dead-lettered by RabbitMQ: its delivery limit
+                reason = "delivered too many times (its worker died each time)"
+            found.append(DeadLetter(str(message.delivery_tag), message.body, str(reason)))
+        for message in held:
+            await message.nack(requeue=True)
+        return found
+
+    async def requeue(self, letters: list[DeadLetter]) -> None:
+        """Put these letters back on the queue, and out of the dead-letter queue."""
+        wanted = {letter.data for letter in letters}
+        queue = await self._channel().get_queue(self.dead)
+        held = []
+        while (message := await queue.get(fail=False)) is not None:
+            if message.body in wanted:
+                wanted.discard(message.body)
+                await self._channel().default_exchange.publish(
+                    aio_pika.Message(message.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=self.queue,
+                )
+                await message.ack()
+            else:
+                held.append(message)
+        for message in held:
+            await message.nack(requeue=True)
+
+    def _channel(self) -> aio_pika.abc.AbstractChannel:
+        if self.write_channel is None:
+            raise RuntimeError("the broker is not started")
+        return self.write_channel
