@@ -32,6 +32,8 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 
 from ._dead_letters import DeadLetter
 
+_Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
+
 
 class StreamBroker(AsyncBroker):
     """Runs on a Redis stream, read by a consumer group.
@@ -73,6 +75,8 @@ class StreamBroker(AsyncBroker):
         self._redis: Redis | None = None
         self._held: set[bytes] = set()  # ids read and not yet acknowledged
         self._beating: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._listening = False
 
     @property
     def redis(self) -> Redis:
@@ -91,6 +95,10 @@ class StreamBroker(AsyncBroker):
 
     async def shutdown(self) -> None:
         await super().shutdown()
+        self._listening = False
+        if self._reading is not None:  # it ends within `poll`; cancelled only if it does not
+            await asyncio.wait({self._reading}, timeout=2 * self.poll)
+            self._reading.cancel()
         if self._beating is not None:
             self._beating.cancel()
         if self._redis is not None:
@@ -101,18 +109,36 @@ class StreamBroker(AsyncBroker):
         await self.redis.xadd(self.stream, {"data": message.message})
 
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
-        # A task of its own, not a task group: a generator must not yield inside one.
-        self._beating = asyncio.get_running_loop().create_task(self._beat())
+        # Redis is read by a task of its own, which ends by itself within `poll` once listening
+        # stops: cancelling redis-py in a blocked read can leave it waiting for good, and a
+        # worker that stops cancels what it waits on. Waiting on the inbox cancels cleanly.
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[_Entry | Exception] = asyncio.Queue()
+        self._listening = True
+        self._reading = loop.create_task(self._fill(inbox))
+        self._beating = loop.create_task(self._beat())
         try:
             while True:
-                for entry_id, fields in await self._claim():
-                    yield self._ackable(entry_id, fields)
-                for entry_id, fields in await self._read():
-                    yield self._ackable(entry_id, fields)
+                entry = await inbox.get()
+                if isinstance(entry, Exception):
+                    raise entry  # Redis failed: the worker's receiver says so
+                entry_id, fields = entry
+                yield AckableMessage(
+                    data=fields[b"data"], ack=functools.partial(self._ack, entry_id)
+                )
         finally:
-            self._beating.cancel()
+            self._listening = False
 
-    async def _claim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _fill(self, inbox: asyncio.Queue[_Entry | Exception]) -> None:
+        try:
+            while self._listening:
+                for entry_id, fields in [*await self._claim(), *await self._read()]:
+                    self._held.add(entry_id)  # from now on, kept this worker's by the heartbeat
+                    inbox.put_nowait((entry_id, fields))
+        except Exception as error:
+            inbox.put_nowait(error)
+
+    async def _claim(self) -> list[_Entry]:
         """What other consumers have held too long: a killed worker's runs."""
         _, entries, _ = await self.redis.xautoclaim(
             self.stream,
@@ -138,7 +164,7 @@ class StreamBroker(AsyncBroker):
                 claimed.append((entry_id, fields))
         return claimed
 
-    async def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(self) -> list[_Entry]:
         # [(stream, [(id, fields), ...])], as Redis answers in RESP2, redis-py's default
         fetched: Any = await self.redis.xreadgroup(
             self.stream,
@@ -148,10 +174,6 @@ class StreamBroker(AsyncBroker):
             block=int(self.poll * 1000),
         )
         return [entry for _, entries in fetched or () for entry in entries]
-
-    def _ackable(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AckableMessage:
-        self._held.add(entry_id)
-        return AckableMessage(data=fields[b"data"], ack=functools.partial(self._ack, entry_id))
 
     async def _ack(self, entry_id: bytes) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
