@@ -32,17 +32,28 @@ BROKERS = {
 }
 
 
-@pytest.fixture(params=sorted(BROKERS))
-def broker_env(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> dict[str, str]:
-    """The environment of an app and its workers on a queue of this test's own."""
+def _environment(broker: str, tmp_path: pathlib.Path) -> dict[str, str]:
     out = tmp_path / "ran.txt"
     out.touch()
     return {
         **os.environ,
-        "ESM_TASKS_TEST_BROKER": BROKERS[request.param],
+        "ESM_TASKS_TEST_BROKER": BROKERS[broker],
         "ESM_TASKS_TEST_QUEUE": f"esm-tasks-test-{uuid.uuid4().hex[:12]}",
         "ESM_TASKS_TEST_OUT": str(out),
+        "ESM_TASKS_TEST_CLAIM_AFTER": "1",  # Redis: a silent worker's runs move after 1 s
     }
+
+
+def _app_on(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, **extra: str
+) -> tuple[dict[str, str], App]:
+    """The environment of a test's own queue on `broker`, and the app built in it."""
+    environment = {**_environment(broker, tmp_path), **extra}
+    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT", *extra):
+        monkeypatch.setenv(key, environment[key])
+    from . import queue_server
+
+    return environment, queue_server.build()
 
 
 @contextlib.contextmanager
@@ -74,14 +85,11 @@ def lines(environment: dict[str, str], count: int, deadline: float = 60) -> list
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("broker", sorted(BROKERS))
 def test_a_worker_process_runs_what_the_server_sends(
-    broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, broker_env[key])
-    from . import queue_server
-
-    app = queue_server.build()
+    broker_env, app = _app_on(broker, monkeypatch, tmp_path)
     with worker(broker_env, "--concurrency", "4") as process, serve(app, lifespan="on") as url:
         with httpx.Client(base_url=url) as http:
             for number in range(5):
@@ -134,13 +142,9 @@ def test_a_run_whose_worker_is_killed_runs_again_on_another(
     Lost: nothing. Ran twice: the start of the task that was running when its worker was
     killed, as at-least-once delivery allows; it finishes once.
     """
-    environment = _environment(broker, tmp_path)
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
     out = environment["ESM_TASKS_TEST_OUT"]
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, environment[key])
-    from . import queue_server
-
-    with serve(queue_server.build(), lifespan="on") as url:
+    with serve(app, lifespan="on") as url:
         with worker(environment) as first:
             assert httpx.post(f"{url}/slow/k1").status_code == 201
             assert lines(environment, 1) == [["started", "k1", str(first.pid)]]
@@ -159,13 +163,9 @@ def test_a_long_run_is_not_started_twice_while_its_worker_lives(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     """Redis: the heartbeat keeps a run its worker's, though it outlasts `claim_after`."""
-    environment = _environment("redis", tmp_path)
+    environment, app = _app_on("redis", monkeypatch, tmp_path)
     out = environment["ESM_TASKS_TEST_OUT"]
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, environment[key])
-    from . import queue_server
-
-    with serve(queue_server.build(), lifespan="on") as url, worker(environment) as first:
+    with serve(app, lifespan="on") as url, worker(environment) as first:
         assert httpx.post(f"{url}/slow/long").status_code == 201
         assert lines(environment, 1) == [["started", "long", str(first.pid)]]
         with worker(environment):  # polls all along: it would take a run left unclaimed
@@ -197,29 +197,13 @@ def test_an_app_whose_broker_is_down_serves_and_runs_its_tasks_itself(
     assert any("runs in this process instead" in text for text in warnings)
 
 
-def _environment(broker: str, tmp_path: pathlib.Path) -> dict[str, str]:
-    out = tmp_path / "ran.txt"
-    out.touch()
-    return {
-        **os.environ,
-        "ESM_TASKS_TEST_BROKER": BROKERS[broker],
-        "ESM_TASKS_TEST_QUEUE": f"esm-tasks-test-{uuid.uuid4().hex[:12]}",
-        "ESM_TASKS_TEST_OUT": str(out),
-        "ESM_TASKS_TEST_CLAIM_AFTER": "1",  # Redis: a silent worker's runs move after 1 s
-    }
-
-
 @pytest.mark.parametrize("broker", sorted(BROKERS))
 def test_a_run_cut_short_at_shutdown_is_not_acknowledged(
     broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     """Lost: nothing. A run still going when the shutdown timeout ends stays on the broker."""
-    environment = _environment(broker, tmp_path)
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, environment[key])
-    from . import queue_server
-
-    with serve(queue_server.build(), lifespan="on") as url:
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
+    with serve(app, lifespan="on") as url:
         with worker(environment, "--shutdown-timeout", "0.2") as first:
             assert httpx.post(f"{url}/slow/c1").status_code == 201
             assert lines(environment, 1) == [["started", "c1", str(first.pid)]]
@@ -280,12 +264,7 @@ def test_a_forged_message_becomes_a_dead_letter_that_can_be_listed(
     broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     """Lost: nothing. A message naming what the app does not run is kept, with why."""
-    environment = _environment(broker, tmp_path)
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, environment[key])
-    from . import queue_server
-
-    app = queue_server.build()
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
     with worker(environment):
 
         async def forge() -> None:
@@ -308,12 +287,7 @@ def test_a_forged_message_becomes_a_dead_letter_that_can_be_listed(
 def test_a_dead_letter_requeued_runs_on_a_worker(
     broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    environment = _environment(broker, tmp_path)
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, environment[key])
-    from . import queue_server
-
-    app = queue_server.build()
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
 
     async def bury() -> None:  # as a run refused before a deploy registered its function
         broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
@@ -339,13 +313,7 @@ def test_a_run_that_keeps_killing_its_worker_becomes_a_dead_letter(
 ) -> None:
     """Lost: nothing, and no worker is killed for good: after `max_deliveries` (here 2) the
     run is kept as a dead letter. Ran twice: the run, once per worker it killed."""
-    environment = {**_environment(broker, tmp_path), "ESM_TASKS_TEST_MAX_DELIVERIES": "2"}
-    for key in ("ESM_TASKS_TEST_BROKER", "ESM_TASKS_TEST_QUEUE", "ESM_TASKS_TEST_OUT"):
-        monkeypatch.setenv(key, environment[key])
-    monkeypatch.setenv("ESM_TASKS_TEST_MAX_DELIVERIES", "2")
-    from . import queue_server
-
-    app = queue_server.build()
+    environment, app = _app_on(broker, monkeypatch, tmp_path, ESM_TASKS_TEST_MAX_DELIVERIES="2")
     broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
 
     async def letters() -> list[str]:
