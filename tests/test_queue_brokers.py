@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import anyio
 import httpx
 import pytest
-from taskiq.message import TaskiqMessage
+from taskiq.message import BrokerMessage, TaskiqMessage
 
 from esm_tasks import App
 from esm_tasks.taskiq import TaskiqBackend
@@ -348,3 +348,53 @@ def test_a_worker_told_to_stop_as_soon_as_it_listens_stops(
                 assert process.poll() is None, "the worker ended before listening"
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_messages_no_worker_can_read_become_dead_letters(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Lost: nothing. Bytes that are no taskiq message, another task's name, a run of another
+    shape: taskiq would log and acknowledge each; they are kept, with why."""
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
+    broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
+
+    async def send_unreadable() -> None:
+        await broker_.startup()
+        for name, data in [
+            ("esm_tasks.run", b"\x00not json"),
+            (
+                "esm_tasks.run_v2",
+                TaskiqMessage(
+                    task_id="a", task_name="esm_tasks.run_v2", labels={}, args=[], kwargs={}
+                ),
+            ),
+            (
+                "esm_tasks.run",
+                TaskiqMessage(
+                    task_id="b", task_name="esm_tasks.run", labels={}, args=[{"old": 1}], kwargs={}
+                ),
+            ),
+        ]:
+            body = data if isinstance(data, bytes) else broker_.formatter.dumps(data).message
+            await broker_.kick(BrokerMessage(task_id="x", task_name=name, message=body, labels={}))
+        await broker_.shutdown()
+
+    async def reasons() -> list[str]:
+        await broker_.startup()
+        try:
+            return [letter.reason for letter in await broker_.dead_letters()]  # type: ignore[attr-defined]
+        finally:
+            await broker_.shutdown()
+
+    anyio.run(send_unreadable)
+    with worker(environment):
+        end = time.monotonic() + 60
+        while len(found := anyio.run(reasons)) < 3:
+            assert time.monotonic() < end, found
+            time.sleep(0.1)
+    assert [reason.split(" ", 3)[:3] for reason in sorted(found)] == [
+        ["it", "names", "the"],
+        ["not", "a", "run"],
+        ["not", "a", "taskiq"],
+    ]

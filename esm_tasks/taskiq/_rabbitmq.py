@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+
 import aio_pika
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
-from taskiq_aio_pika.queue import Queue
+from taskiq_aio_pika.queue import Queue, QueueType
 
 from ._dead_letters import DeadLetter
 
@@ -18,18 +20,28 @@ class QueueBroker(AioPikaBroker):
     itself, to the dead-letter queue, as does one the worker refuses.
     """
 
-    def __init__(self, url: str, *, queue: str = "esm_tasks", max_deliveries: int = 5) -> None:
+    def __init__(
+        self, url: str, *, queue: str = "esm_tasks", max_deliveries: int = 5, prefetch: int = 1
+    ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
         self.dead = f"{queue}.dead"
         super().__init__(
             url,
+            # A worker holds no more than it runs: what a stopped worker held and never
+            # started also counts as delivered.
+            qos=prefetch,
             exchange=Exchange(name=queue),
             # RabbitMQ's limit counts returns: delivered once, then returned up to the limit.
             task_queues=[Queue(name=queue, arguments={"x-delivery-limit": max_deliveries - 1})],
-            dead_letter_queue=Queue(name=self.dead),
+            # Classic: a quorum queue would count each listing as a delivery, and may drop.
+            dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
         )
         self.queue = queue
+
+    def serve_at_most(self, runs: int) -> None:
+        """Hold at most `runs` messages at once: a worker's concurrency."""
+        self._qos = runs
 
     async def dead_letter(self, data: bytes, reason: str) -> None:
         await self._channel().default_exchange.publish(
@@ -57,12 +69,12 @@ class QueueBroker(AioPikaBroker):
 
     async def requeue(self, letters: list[DeadLetter]) -> None:
         """Put these letters back on the queue, and out of the dead-letter queue."""
-        wanted = {letter.data for letter in letters}
+        wanted = collections.Counter(letter.data for letter in letters)
         queue = await self._channel().get_queue(self.dead)
         held = []
         while (message := await queue.get(fail=False)) is not None:
-            if message.body in wanted:
-                wanted.discard(message.body)
+            if wanted[message.body] > 0:
+                wanted[message.body] -= 1
                 await self._channel().default_exchange.publish(
                     aio_pika.Message(message.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=self.queue,

@@ -30,9 +30,16 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 
+from .._events import logger
 from ._dead_letters import DeadLetter
 
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
+
+_REQUEUE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+end
+"""
 
 
 class StreamBroker(AsyncBroker):
@@ -44,7 +51,6 @@ class StreamBroker(AsyncBroker):
         another worker takes it: a killed worker's runs restart that long after.
     :param poll: seconds a worker waits for a new message before looking again for ones to
         claim.
-    :param batch: messages read at once.
     :param max_deliveries: deliveries after which a message is dead-lettered, not run again.
     """
 
@@ -55,14 +61,12 @@ class StreamBroker(AsyncBroker):
         stream: str = "esm_tasks",
         claim_after: float = 30.0,
         poll: float = 1.0,
-        batch: int = 10,
         max_deliveries: int = 5,
     ) -> None:
         super().__init__()
-        if claim_after <= 0 or poll <= 0 or batch < 1 or max_deliveries < 1:
+        if claim_after <= 0 or poll <= 0 or max_deliveries < 1:
             raise ValueError(
-                "StreamBroker takes claim_after and poll above 0, batch and max_deliveries "
-                "of 1 or more"
+                "StreamBroker takes claim_after and poll above 0, max_deliveries of 1 or more"
             )
         self.url = url
         self.stream = stream
@@ -70,13 +74,14 @@ class StreamBroker(AsyncBroker):
         self.max_deliveries = max_deliveries
         self.claim_after = claim_after
         self.poll = poll
-        self.batch = batch
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._redis: Redis | None = None
         self._held: set[bytes] = set()  # ids read and not yet acknowledged
         self._beating: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._listening = False
+        self._wanted = asyncio.Event()  # the receiver waits for a message
+        self._cursor: bytes | str = "0-0"  # where the scan for abandoned entries goes on
 
     @property
     def redis(self) -> Redis:
@@ -119,6 +124,7 @@ class StreamBroker(AsyncBroker):
         self._beating = loop.create_task(self._beat())
         try:
             while True:
+                self._wanted.set()  # the receiver asks for one: read one, no more
                 entry = await inbox.get()
                 if isinstance(entry, Exception):
                     raise entry  # Redis failed: the worker's receiver says so
@@ -132,30 +138,40 @@ class StreamBroker(AsyncBroker):
     async def _fill(self, inbox: asyncio.Queue[_Entry | Exception]) -> None:
         try:
             while self._listening:
-                for entry_id, fields in [*await self._claim(), *await self._read()]:
+                if not self._wanted.is_set():
+                    with contextlib.suppress(TimeoutError):  # look again at `listening`
+                        with anyio.fail_after(self.poll):
+                            await self._wanted.wait()
+                    continue
+                found = await self._claim() or await self._read()
+                for entry_id, fields in found:
                     self._held.add(entry_id)  # from now on, kept this worker's by the heartbeat
+                    self._wanted.clear()
                     inbox.put_nowait((entry_id, fields))
         except Exception as error:
             inbox.put_nowait(error)
 
     async def _claim(self) -> list[_Entry]:
-        """What other consumers have held too long: a killed worker's runs."""
-        _, entries, _ = await self.redis.xautoclaim(
+        """What other consumers have held too long: a killed worker's runs. The scan goes on
+        from where the last one stopped, so entries behind many held ones are reached too."""
+        self._cursor, entries, _ = await self.redis.xautoclaim(
             self.stream,
             self.stream,
             self.consumer,
             min_idle_time=int(self.claim_after * 1000),
-            start_id="0-0",
-            count=self.batch,
+            start_id=self._cursor,
+            count=1,
         )
         claimed = []
         for entry_id, fields in entries:
             if not fields:
                 continue
-            [pending] = await self.redis.xpending_range(
+            pending = await self.redis.xpending_range(
                 self.stream, self.stream, min=entry_id, max=entry_id, count=1
             )
-            delivered = int(pending["times_delivered"])
+            if not pending:  # its slow holder acknowledged it meanwhile
+                continue
+            delivered = int(pending[0]["times_delivered"])
             if delivered > self.max_deliveries:
                 reason = f"delivered {delivered - 1} times; its worker died each time"
                 await self.dead_letter(fields[b"data"], reason)
@@ -170,7 +186,7 @@ class StreamBroker(AsyncBroker):
             self.stream,
             self.consumer,
             {self.stream: ">"},
-            count=self.batch,
+            count=1,
             block=int(self.poll * 1000),
         )
         return [entry for _, entries in fetched or () for entry in entries]
@@ -194,10 +210,9 @@ class StreamBroker(AsyncBroker):
 
     async def requeue(self, letters: list[DeadLetter]) -> None:
         for letter in letters:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.stream, {"data": letter.data})
-                pipe.xdel(self.dead, letter.id)
-                await pipe.execute()
+            # Back on the stream only if this call took it off the dead letters: two operators
+            # requeueing at once do not run it twice.
+            await self.redis.eval(_REQUEUE, 2, self.dead, self.stream, letter.id, letter.data)
 
     async def _beat(self) -> None:
         """Keep what this worker holds its own: claimed again, idle time reset, every third of
@@ -205,7 +220,7 @@ class StreamBroker(AsyncBroker):
         while True:
             await anyio.sleep(self.claim_after / 3)
             if self._held:
-                with contextlib.suppress(ResponseError):
+                try:
                     await self.redis.xclaim(
                         self.stream,
                         self.stream,
@@ -213,4 +228,10 @@ class StreamBroker(AsyncBroker):
                         min_idle_time=0,
                         message_ids=list(self._held),
                         justid=True,
+                    )
+                except Exception as error:  # it beats again next time; say what may follow
+                    logger.warning(
+                        "the heartbeat of %d held run(s) failed (%r); if it keeps failing for "
+                        "%s s, another worker may start them again",
+                        *(len(self._held), error, self.claim_after),
                     )

@@ -8,12 +8,16 @@ from collections.abc import AsyncGenerator, Awaitable
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 from taskiq import AsyncBroker
 from taskiq.acks import AckableMessage, AcknowledgeType
 from taskiq.receiver import Receiver
+from taskiq.utils import maybe_awaitable
 
 from .._events import logger
-from ._backend import TaskiqBackend
+from .._wire import RunMessage
+from ._backend import TASK_NAME, TaskiqBackend
+from ._dead_letters import KeepsDeadLetters
 
 
 class WorkerError(Exception):
@@ -47,6 +51,9 @@ async def work(
             await broker.startup()
     except Exception as error:
         raise WorkerError(f"the broker cannot be reached: {error!r}") from error
+    serve_at_most = getattr(broker, "serve_at_most", None)
+    if serve_at_most is not None:  # esm_tasks' RabbitMQ broker: prefetch no more than it runs
+        serve_at_most(concurrency)
     grace = _Grace(broker)
     receiver = Receiver(
         broker,
@@ -77,6 +84,7 @@ class _Grace:
     """Wraps the broker's `listen` so that no message is acknowledged once `over` is set."""
 
     def __init__(self, broker: AsyncBroker) -> None:
+        self.broker = broker
         self.over = False
         self._listen = broker.listen
         broker.listen = self.listen  # type: ignore[method-assign]
@@ -84,6 +92,13 @@ class _Grace:
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
         async for message in self._listen():
             if isinstance(message, AckableMessage):
+                reason = _unrunnable(self.broker, message.data)
+                if reason is not None and isinstance(self.broker, KeepsDeadLetters):
+                    # taskiq would log it and acknowledge it: kept instead, never dropped.
+                    await self.broker.dead_letter(message.data, reason)
+                    logger.error("a message that cannot run is now a dead letter: %s", reason)
+                    await maybe_awaitable(message.ack())
+                    continue
                 message = AckableMessage(
                     data=message.data, ack=functools.partial(self.ack, message)
                 )
@@ -93,3 +108,18 @@ class _Grace:
         if self.over:
             return None
         return message.ack()
+
+
+def _unrunnable(broker: AsyncBroker, data: bytes) -> str | None:
+    """Why a message is not a run this worker can take, or None if it is one."""
+    try:
+        message = broker.formatter.loads(data)
+    except Exception as error:
+        return f"not a taskiq message ({error!r})"
+    if message.task_name != TASK_NAME:
+        return f"it names the task {message.task_name!r}, not {TASK_NAME!r}"
+    try:
+        RunMessage.model_validate(message.args[0] if message.args else message.kwargs)
+    except (ValidationError, IndexError, TypeError) as error:
+        return f"not a run this version of esm_tasks reads ({error})"
+    return None
