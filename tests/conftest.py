@@ -36,3 +36,14 @@ def task_log() -> Iterator[list[logging.LogRecord]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _delete_test_queues() -> Iterator[None]:
+    """What a test created on the local brokers goes with it."""
+    from .support import QUEUES, delete_queues
+
+    yield
+    if QUEUES:
+        names, QUEUES[:] = list(QUEUES), []
+        delete_queues(names)

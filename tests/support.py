@@ -166,3 +166,36 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
         yield
         await to_app.send({"type": "lifespan.shutdown"})
         assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+
+# Queues the tests create on the local brokers, deleted after each test (see conftest.py):
+# left behind, hundreds of quorum queues slow RabbitMQ down for every later run.
+QUEUES: list[str] = []
+
+
+def delete_queues(names: list[str]) -> None:
+    """Delete these queues, their dead letters and exchanges (RabbitMQ), and streams (Redis)."""
+    import aio_pika
+    import anyio
+    import redis
+
+    async def delete_on_rabbitmq() -> None:
+        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+        async with connection:
+            for name in names:
+                for kind, target in (
+                    ("queue", name),
+                    ("queue", f"{name}.dead"),
+                    ("exchange", name),
+                ):
+                    channel = await connection.channel()  # one each: a failed delete closes it
+                    with contextlib.suppress(Exception):
+                        if kind == "queue":
+                            await channel.queue_delete(target)
+                        else:
+                            await channel.exchange_delete(target)
+
+    anyio.run(delete_on_rabbitmq)
+    with redis.Redis(host="127.0.0.1", port=6379) as client:
+        for name in names:
+            client.delete(name, f"{name}:dead")

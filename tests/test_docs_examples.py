@@ -16,7 +16,7 @@ import pytest
 
 from esm_tasks.testing import TestClient
 
-from .support import serve
+from .support import QUEUES, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -308,6 +308,7 @@ async def test_openapi() -> None:
 
 def test_scaling_out(tmp_path: pathlib.Path) -> None:
     environment = {**os.environ, "BROKER_QUEUE": f"esm-tasks-docs-{uuid.uuid4().hex[:12]}"}
+    QUEUES.append(environment["BROKER_QUEUE"])
     root = pathlib.Path(__file__).parent.parent
     log = tmp_path / "worker.log"
     with log.open("w") as output:

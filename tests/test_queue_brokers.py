@@ -23,7 +23,7 @@ from taskiq.message import BrokerMessage, TaskiqMessage
 from esm_tasks import App
 from esm_tasks.taskiq import TaskiqBackend
 
-from .support import serve
+from .support import QUEUES, serve
 
 ROOT = pathlib.Path(__file__).parent.parent
 BROKERS = {
@@ -32,13 +32,20 @@ BROKERS = {
 }
 
 
+def queue() -> str:
+    """A queue of the test's own, deleted after it."""
+    name = f"esm-tasks-test-{uuid.uuid4().hex[:12]}"
+    QUEUES.append(name)
+    return name
+
+
 def _environment(broker: str, tmp_path: pathlib.Path) -> dict[str, str]:
     out = tmp_path / "ran.txt"
     out.touch()
     return {
         **os.environ,
         "ESM_TASKS_TEST_BROKER": BROKERS[broker],
-        "ESM_TASKS_TEST_QUEUE": f"esm-tasks-test-{uuid.uuid4().hex[:12]}",
+        "ESM_TASKS_TEST_QUEUE": queue(),
         "ESM_TASKS_TEST_OUT": str(out),
         "ESM_TASKS_TEST_CLAIM_AFTER": "1",  # Redis: a silent worker's runs move after 1 s
     }
