@@ -114,11 +114,6 @@ def encode(steps: Iterable[Task], run: Run, where: str) -> RunMessage:
     )
 
 
-def check(task: BackgroundTask, where: str) -> None:
-    """Raise TypeError, naming the task and `where`, unless `task` can be sent."""
-    _step(task, where)
-
-
 def _step(step: Task, where: str) -> Step:
     if isinstance(step, BackgroundTasks):
         members = [_step(member, where) for member in step.members()]
