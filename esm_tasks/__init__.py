@@ -4,6 +4,7 @@ from ._app import App, Include
 from ._decorators import delete, get, patch, post, put, route
 from ._depends import Depends
 from ._events import TaskEvent
+from ._execution import idempotency_key
 from ._policy import TaskPolicy, task_policy
 from ._responses import (
     FileResponse,
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "delete",
     "get",
+    "idempotency_key",
     "patch",
     "post",
     "put",

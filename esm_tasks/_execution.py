@@ -53,6 +53,10 @@ _OUTSIDE = Run({"method": "-", "path": "-"}, DEFAULT_SETTINGS, failed=None)
 _OUTSIDE._request_id = "-"
 
 current_run: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
+# Where the running task sits in its run: the step's number, then its index in each group.
+# A sequence's members are steps of the run, numbered as a queue's message numbers them.
+# Unset for a run's only task, which runs without the step loop: it is the next step.
+position: ContextVar[tuple[int, ...]] = ContextVar("esm_tasks_position", default=())
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
 
@@ -77,14 +81,40 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
 
 async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Await each step after the last; if cancelled, report those that will never start."""
+    outer = position.get()
     index = 0  # counted by hand: an iterator would be one more object alive per run
     while index < len(steps):
+        step = steps[index]
+        if outer:  # in a group
+            token = position.set((*outer, index))
+        elif getattr(step, "as_group", True):  # a task or a group: the run's next step
+            run = current_run.get() or _OUTSIDE
+            token = position.set((run.next_step,))
+            run.next_step += 1
+        else:  # a sequence: each of its members is a step of the run, as on a queue
+            token = None
         try:
-            await steps[index]()
+            await step()
         except BaseException:
             abandon(steps[index + 1 :])
             raise
+        finally:
+            if token is not None:
+                position.reset(token)
         index += 1
+
+
+def idempotency_key() -> str:
+    """A key for the running task that stays the same if its run is delivered again:
+    the run's id, then the task's step (`"<run id>:2"`, or `"<run id>:2.1"` in a group).
+
+    A task that must not do its work twice (charge a card, send a mail) records it under
+    this key, and checks it first. RuntimeError outside a task run by esm_tasks.
+    """
+    run = current_run.get()
+    if run is None:
+        raise RuntimeError("idempotency_key() is for a task that esm_tasks runs, while it runs")
+    return ":".join((run.run_id, ".".join(map(str, position.get() or (run.next_step,)))))
 
 
 def task_in(

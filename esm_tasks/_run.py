@@ -75,11 +75,13 @@ class Run:
     __slots__ = (
         "_headers",
         "_request_id",
+        "_run_id",
         "error",
         "exits",
         "failed",
         "here",
         "method",
+        "next_step",
         "path",
         "sent_at",
         "settings",
@@ -101,6 +103,8 @@ class Run:
         self.failed = failed  # None: the outcome is unknown, so every task applies
         self.sent_at = time.monotonic()
         self._request_id: str | None = None
+        self._run_id: str | None = None
+        self.next_step = 0  # the number the run's next step takes, for its idempotency key
         # The request's generator dependencies: they clean up when this run ends, and see the
         # exception that failed the request, if one did.
         self.exits = exits
@@ -117,6 +121,17 @@ class Run:
             if self._request_id is None:
                 self._request_id = uuid.uuid4().hex[:16]
         return self._request_id
+
+    @property
+    def run_id(self) -> str:
+        """The run's id: the message's, on a worker; else made on first use."""
+        if self._run_id is None:
+            self._run_id = uuid.uuid4().hex
+        return self._run_id
+
+    @run_id.setter
+    def run_id(self, value: str) -> None:
+        self._run_id = value
 
     async def release(self) -> None:
         """Clean up the request's dependencies, once; a clean-up that raises is logged.

@@ -14,7 +14,7 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
-from ._execution import ThreadCall, abandon, run_in_order, run_isolated
+from ._execution import ThreadCall, abandon, position, run_in_order, run_isolated
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 from ._task_dependencies import TaskDependencies, dependencies_of, plain_code
 
@@ -264,9 +264,11 @@ class BackgroundTasks(Tasks):
             await run_in_order(self.tasks)
             return
         started: set[int] = set()
+        outer = position.get()
 
         async def member(index: int, task: Task) -> None:
             started.add(index)
+            position.set((*outer, index))  # in the member's own context
             await task()
 
         try:

@@ -13,7 +13,6 @@ import functools
 import importlib
 import inspect
 import types
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -67,6 +66,15 @@ class RunMessage(BaseModel):
     request_id: str
     failed: bool | None
     steps: list[Step]
+    # The run's step that `steps` starts at: a worker sends the rest of a run on as a message
+    # of its own after each step, so that a redelivery starts at the first unfinished one.
+    first_step: int = 0
+
+    def rest(self) -> RunMessage | None:
+        """The message for the steps after the first, or None if there are none."""
+        if len(self.steps) < 2:
+            return None
+        return self.model_copy(update={"steps": self.steps[1:], "first_step": self.first_step + 1})
 
 
 def import_path(func: object, where: str) -> str:
@@ -105,13 +113,23 @@ def resolve(path: str) -> Callable[..., Any]:
 def encode(steps: Iterable[Task], run: Run, where: str) -> RunMessage:
     """The message for a run; TypeError, naming the task and `where`, for what cannot go."""
     return RunMessage(
-        run_id=uuid.uuid4().hex,
+        run_id=run.run_id,
         method=run.method,
         path=run.path,
         request_id=run.request_id,
         failed=run.failed,
-        steps=[_step(step, where) for step in steps],
+        steps=[_step(step, where) for step in _flat(steps)],
     )
+
+
+def _flat(steps: Iterable[Task]) -> Iterable[Task]:
+    """The steps with each sequence's members in its place: the same order, and a worker
+    records each of them as done, not only the whole sequence. A group stays one step."""
+    for step in steps:
+        if isinstance(step, BackgroundTasks) and not step.as_group:
+            yield from _flat(step.members())
+        else:
+            yield step
 
 
 def _step(step: Task, where: str) -> Step:
@@ -245,4 +263,7 @@ def run_of(message: RunMessage, settings: Settings) -> Run:
     """The `Run` a worker runs a message's steps under: the request's method, path and id."""
     headers = [(b"x-request-id", message.request_id.encode("latin-1"))]
     scope = {"method": message.method, "path": message.path, "headers": headers}
-    return Run(scope, settings, message.failed)
+    run = Run(scope, settings, message.failed)
+    run.run_id = message.run_id
+    run.next_step = message.first_step
+    return run

@@ -9,7 +9,15 @@ from typing import Annotated
 
 from pydantic import BaseModel
 
-from esm_tasks import BackgroundTask, BackgroundTasks, Depends, Response, post, task_policy
+from esm_tasks import (
+    BackgroundTask,
+    BackgroundTasks,
+    Depends,
+    Response,
+    idempotency_key,
+    post,
+    task_policy,
+)
 
 ran: list[object] = []
 
@@ -109,3 +117,14 @@ async def many(*orders: Order, **by_name: Order) -> None:
 async def many_route(tasks: BackgroundTasks) -> None:
     one = Order(number=1, total=decimal.Decimal("1.5"))
     tasks.add_task(many, one, one, named=one)
+
+
+async def keyed(name: str) -> None:
+    ran.append((name, idempotency_key()))
+
+
+@post("/keyed", background=BackgroundTask(keyed, "declared"))
+async def keyed_route(tasks: BackgroundTasks) -> Response:
+    tasks.add_task(keyed, "added")
+    group = BackgroundTasks([BackgroundTask(keyed, "in group")], as_group=True)
+    return Response(None, background=group)

@@ -9,22 +9,28 @@ import asyncio
 import os
 import signal
 
-from esm_tasks import App, BackgroundTask, BackgroundTasks, post
+from esm_tasks import App, BackgroundTask, BackgroundTasks, Response, idempotency_key, post
 from esm_tasks.taskiq import TaskiqBackend
 
 
-def record(name: str, request: str) -> None:
+def record(name: str, request: str, keyed: bool = False) -> None:
+    """One line: the name, the request, the process, and with `keyed` the idempotency key."""
+    key = f" {idempotency_key()}" if keyed else ""
     with open(os.environ["ESM_TASKS_TEST_OUT"], "a") as out:
-        out.write(f"{name} {request} {os.getpid()}\n")
+        out.write(f"{name} {request} {os.getpid()}{key}\n")
 
 
-async def slow(request: str) -> None:
+async def slow(request: str, keyed: bool = False) -> None:
     """Waits, after saying it started, until the test creates the file `<out>.go`."""
-    record("started", request)
+    record("started", request, keyed)
     go = os.environ["ESM_TASKS_TEST_OUT"] + ".go"
     while not os.path.exists(go):
         await asyncio.sleep(0.02)
-    record("finished", request)
+    record("finished", request, keyed)
+
+
+async def step(name: str, request: str) -> None:
+    record(name, request, keyed=True)
 
 
 async def poison(request: str) -> None:
@@ -57,6 +63,18 @@ async def work(request: str, tasks: BackgroundTasks) -> dict[str, str]:
     return {"request": request}
 
 
+@post("/steps/{request}")
+async def steps_route(request: str, tasks: BackgroundTasks) -> Response:
+    """Three steps, the second a group whose last member waits for the test."""
+    tasks.add_task(step, "one", request)
+    group = BackgroundTasks(as_group=True)
+    group.add_task(step, "two", request)
+    group.add_task(slow, request, keyed=True)
+    return Response(
+        None, background=BackgroundTasks([group, BackgroundTask(step, "three", request)])
+    )
+
+
 def build() -> App:
     route = post("/declared/{request}", background=BackgroundTask(declared, "declared"))(_nothing)
     backend = TaskiqBackend.from_url(
@@ -66,9 +84,9 @@ def build() -> App:
         max_deliveries=int(os.environ.get("ESM_TASKS_TEST_MAX_DELIVERIES", "5")),
     )
     return App(
-        routes=[work, slow_route, poison_route, route],
+        routes=[work, slow_route, poison_route, steps_route, route],
         task_backend=backend,
-        queue_tasks=[added, slow, poison],
+        queue_tasks=[added, slow, poison, step],
     )
 
 

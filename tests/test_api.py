@@ -23,6 +23,7 @@ def test_all_is_the_public_api() -> None:
         "__version__",
         "delete",
         "get",
+        "idempotency_key",
         "patch",
         "post",
         "put",

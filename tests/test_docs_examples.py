@@ -332,3 +332,18 @@ def test_scaling_out(tmp_path: pathlib.Path) -> None:
         os.environ.pop("BROKER_QUEUE", None)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
+
+
+async def test_idempotency() -> None:
+    module = example("idempotency")
+    module.charged.clear()
+    async with TestClient(module.app) as http:
+        await http.post("/orders/1")
+        await http.post("/orders/2")
+    # One key per task and run: the run's id, then the step.
+    assert sorted(module.charged.values()) == [1, 2]
+    first, second = module.charged
+    assert [first[-2:], second[-2:]] == [":0", ":0"]
+    assert first != second
+    with pytest.raises(RuntimeError, match="a task that esm_tasks runs"):
+        module.idempotency_key()  # outside a task

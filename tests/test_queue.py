@@ -260,3 +260,61 @@ async def test_bytes_json_cannot_carry_fail_the_request_naming_the_task() -> Non
     async with TestClient(app) as http:
         with pytest.raises(TypeError, match=r"POST /bytes: task .*audit .*JSON"):
             await http.post("/bytes")
+
+
+class _CountingBroker(InMemoryBroker):
+    """Takes the first `takes` messages, and refuses the rest as a broker that went down."""
+
+    def __init__(self, takes: int = 1_000) -> None:
+        super().__init__(await_inplace=True)
+        self.takes = takes
+        self.kicked = 0
+
+    async def kick(self, message: BrokerMessage) -> None:
+        self.kicked += 1
+        if self.kicked > self.takes:
+            raise ConnectionError("broker unreachable")
+        await super().kick(message)
+
+
+def _keys() -> list[tuple[str, str]]:
+    return [entry for entry in queue_app.ran if len(entry) == 2]  # type: ignore[misc]
+
+
+async def test_each_step_goes_on_as_a_message_of_its_own_and_keeps_its_key() -> None:
+    queue_app.ran.clear()
+    broker = _CountingBroker()
+    app = App(routes=[queue_app.keyed_route], task_backend=TaskiqBackend(broker))
+    async with TestClient(app) as http:
+        assert (await http.post("/keyed")).status_code == 200
+    # One message from the request; each finished step sends the rest on.
+    assert broker.kicked == 3
+    [(_, first), *_] = keys = _keys()
+    run_id = first.partition(":")[0]
+    assert keys == [
+        ("declared", f"{run_id}:0"),
+        ("added", f"{run_id}:1"),
+        ("in group", f"{run_id}:2.0"),
+    ]
+
+
+async def test_the_rest_of_a_run_the_broker_will_not_take_back_runs_on_its_worker(
+    task_log: list[logging.LogRecord],
+) -> None:
+    """Lost: nothing. The worker runs the rest itself; its message is acknowledged after."""
+    queue_app.ran.clear()
+    broker = _CountingBroker(takes=1)  # the request's message, then nothing
+    app = App(routes=[queue_app.keyed_route], task_backend=TaskiqBackend(broker))
+    async with TestClient(app) as http:
+        assert (await http.post("/keyed")).status_code == 200
+    run_id = _keys()[0][1].partition(":")[0]
+    assert _keys() == [
+        ("declared", f"{run_id}:0"),
+        ("added", f"{run_id}:1"),  # the same keys as on a worker that took the rest
+        ("in group", f"{run_id}:2.0"),
+    ]
+    warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert any(
+        "the rest of the run of POST /keyed" in text and "this worker runs it" in text
+        for text in warnings
+    )

@@ -166,6 +166,45 @@ def test_a_run_whose_worker_is_killed_runs_again_on_another(
     assert len(lines(environment, 3, deadline=0)) == 3  # it finished once
 
 
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_a_redelivered_run_resumes_at_its_first_unfinished_step(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """A run of three steps (one; a group of two and slow; three), its worker killed in the
+    second step, resumes there on the next worker, with the same idempotency keys.
+
+    Lost: nothing. Ran twice: the step the worker died in (the group: both its members, as a
+    group is one step), and nothing before it.
+    """
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
+    out = environment["ESM_TASKS_TEST_OUT"]
+    with serve(app, lifespan="on") as url:
+        with worker(environment) as first:
+            assert httpx.post(f"{url}/steps/s1").status_code == 200
+            before = lines(environment, 3)
+            assert sorted(line[0] for line in before) == ["one", "started", "two"]
+            first.kill()  # SIGKILL, in the group
+            first.wait(timeout=30)
+        with worker(environment) as second:
+            after = lines(environment, 5)[3:]
+            assert sorted(line[0] for line in after) == ["started", "two"]
+            assert {line[2] for line in after} == {str(second.pid)}
+            pathlib.Path(f"{out}.go").touch()
+            ran = lines(environment, 7)
+            assert [line[0] for line in ran[5:]] == ["finished", "three"]
+    keys = {(line[0], line[3]) for line in ran}
+    run_id = ran[0][3].partition(":")[0]
+    # The same key on both deliveries, each naming the run and the task's place in it.
+    assert keys == {
+        ("one", f"{run_id}:0"),
+        ("two", f"{run_id}:1.0"),
+        ("started", f"{run_id}:1.1"),
+        ("finished", f"{run_id}:1.1"),
+        ("three", f"{run_id}:2"),
+    }
+    assert [line[0] for line in ran].count("one") == 1
+
+
 def test_a_long_run_is_not_started_twice_while_its_worker_lives(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:

@@ -153,11 +153,12 @@ class TaskiqBackend:
             return False
         return True
 
-    async def _execute(self, run: dict[str, Any]) -> None:
-        """A worker's side: run one message's steps as the serving process would have."""
+    async def _execute(self, data: dict[str, Any]) -> None:
+        """A worker's side: run one message's first step as the serving process would have,
+        and send the rest on."""
         assert self._registry is not None, "attached by App"
         assert self._settings is not None, "attached by App"
-        message = RunMessage.model_validate(run)
+        message = RunMessage.model_validate(data)
         try:
             steps: list[Task] = self._registry.decode(message)
         except Refused as refusal:
@@ -176,4 +177,21 @@ class TaskiqBackend:
             await self.broker.dead_letter(self.broker.formatter.dumps(kept).message, str(refusal))
             logger.error("refused a run of %s, now a dead letter: %s", where, refusal)
             return
-        await run_steps(steps, run_of(message, self._settings))
+        run = run_of(message, self._settings)
+        await run_steps(steps[:1], run)
+        rest = message.rest()
+        if rest is None:
+            return
+        # The step is done: the rest goes on as a message of its own before this one is
+        # acknowledged, so that a worker that dies from now on costs at most the step it was in.
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await self._task.kiq(rest.model_dump(mode="json"))
+        except Exception as error:
+            where = f"{message.method} {message.path} [request {message.request_id}]"
+            logger.warning(
+                "the rest of the run of %s could not be sent back to the broker (%r); "
+                "this worker runs it",
+                *(where, error),
+            )
+            await run_steps(steps[1:], run)
