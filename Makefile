@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH  := $(VENV)/.bench-installed
 
-.PHONY: test lint run run-queue check bench soak package clean
+.PHONY: test lint run run-queue check bench soak soak-queue package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(BENCH)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# The queue backend under load with a worker SIGKILLed and the broker stopped, on RabbitMQ
+# and Redis, both running on this machine (the soak stops and starts them).
+soak-queue: $(STAMP)
+	$(BIN)/python -m bench.soak_queue
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import anyio
 import httpx
 import pytest
+import redis
 from taskiq.message import BrokerMessage, TaskiqMessage
 
 from esm_tasks import App
@@ -241,6 +242,96 @@ def test_an_app_whose_broker_is_down_serves_and_runs_its_tasks_itself(
     warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
     assert any("cannot be reached" in text for text in warnings)
     assert any("runs in this process instead" in text for text in warnings)
+
+
+def _cut_connections(broker: str) -> None:
+    """The broker closes every client's connection, as when it restarts."""
+    if broker == "redis":
+        with redis.Redis(host="127.0.0.1", port=6379) as client:
+            client.client_kill_filter(_type="normal", skipme=True)
+    else:
+        subprocess.run(
+            ["rabbitmqctl", "close_all_connections", "esm_tasks test: the broker goes away"],
+            check=True,
+            capture_output=True,
+        )
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_a_worker_whose_broker_connections_are_cut_takes_runs_again(
+    broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """The broker drops every connection (the server's and the worker's, one mid-run).
+
+    Lost: nothing. Ran twice: on RabbitMQ, the run that was going when the connection went,
+    whose acknowledgement went with it; on Redis the acknowledgement goes on a new
+    connection, and nothing runs twice.
+    """
+    environment, app = _app_on(broker, monkeypatch, tmp_path)
+    out = environment["ESM_TASKS_TEST_OUT"]
+    with serve(app, lifespan="on") as url, worker(environment) as process:
+        assert httpx.post(f"{url}/slow/cut").status_code == 201
+        assert lines(environment, 1) == [["started", "cut", str(process.pid)]]
+        _cut_connections(broker)
+        pathlib.Path(f"{out}.go").touch()
+        # The same worker, still alive, takes a run sent after the cut.
+        deadline = time.monotonic() + 60
+        while ["added", "after", str(process.pid)] not in lines(environment, 1, deadline=0):
+            assert time.monotonic() < deadline, lines(environment, 1, deadline=0)
+            assert process.poll() is None, "the worker exited"
+            httpx.post(f"{url}/work/after")  # sent again if the server had not reconnected
+            time.sleep(0.5)
+        ran = lines(environment, 1, deadline=0)
+    # The run going when the connections went finished on its worker; on RabbitMQ its
+    # acknowledgement was lost with the connection, so RabbitMQ delivered it again.
+    cut = [pid for name, request, pid in ran if (name, request) == ("finished", "cut")]
+    assert cut == [str(process.pid)] * (2 if broker == "rabbitmq" else 1)
+    # Every run sent after the cut ran once: here while the server had no connection (a
+    # WARNING each), then on the worker.
+    after = [pid for name, _, pid in ran if name == "added"]
+    assert set(after) <= {str(os.getpid()), str(process.pid)}
+
+
+def test_a_worker_whose_stream_is_deleted_says_so_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Redis lost the stream (restarted without persistence, or flushed): the worker logs
+    an ERROR naming it, makes the group again, and runs what is sent next."""
+    environment, app = _app_on("redis", monkeypatch, tmp_path)
+    with serve(app, lifespan="on") as url, worker(environment) as process:
+        assert httpx.post(f"{url}/work/before").status_code == 201
+        assert lines(environment, 1) == [["added", "before", str(process.pid)]]
+        with redis.Redis(host="127.0.0.1", port=6379) as client:
+            client.delete(environment["ESM_TASKS_TEST_QUEUE"])
+        assert httpx.post(f"{url}/work/after").status_code == 201
+        assert lines(environment, 2)[1] == ["added", "after", str(process.pid)]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr is not None
+        log = process.stderr.read().decode()
+    assert f"the stream {environment['ESM_TASKS_TEST_QUEUE']} or its consumer group is gone" in log
+
+
+def test_a_worker_whose_broker_fails_for_good_exits_saying_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Not a worker that looks alive and takes nothing: it exits with status 2, to be
+    restarted by whatever supervises it."""
+    environment, _ = _app_on("redis", monkeypatch, tmp_path)
+    with worker(environment) as process:
+        with redis.Redis(host="127.0.0.1", port=6379) as client:
+            deadline = time.monotonic() + 60
+            queue_name = environment["ESM_TASKS_TEST_QUEUE"]
+            while not (client.exists(queue_name) and client.xinfo_groups(queue_name)):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            client.delete(queue_name)
+            client.set(queue_name, "not a stream")
+        assert process.wait(timeout=60) == 2
+        assert process.stderr is not None
+        log = process.stderr.read().decode()
+    assert "it stopped taking runs: the broker failed" in log
+    assert "WRONGTYPE" in log
 
 
 @pytest.mark.parametrize("broker", sorted(BROKERS))

@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 
@@ -91,11 +92,7 @@ class StreamBroker(AsyncBroker):
 
     async def startup(self) -> None:
         self._redis = Redis.from_url(self.url)
-        try:
-            await self.redis.xgroup_create(self.stream, self.stream, id="0", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):  # the group exists already: as expected
-                raise
+        await self._create_group()
         await super().startup()
 
     async def shutdown(self) -> None:
@@ -136,6 +133,7 @@ class StreamBroker(AsyncBroker):
             self._listening = False
 
     async def _fill(self, inbox: asyncio.Queue[_Entry | Exception]) -> None:
+        outage = False
         try:
             while self._listening:
                 if not self._wanted.is_set():
@@ -143,13 +141,50 @@ class StreamBroker(AsyncBroker):
                         with anyio.fail_after(self.poll):
                             await self._wanted.wait()
                     continue
-                found = await self._claim() or await self._read()
+                try:
+                    found = await self._claim() or await self._read()
+                except (RedisConnectionError, OSError) as error:
+                    # Redis restarts, or a network blip: what this worker holds stays held, and
+                    # runs, and reading goes on once Redis answers again.
+                    if not outage:
+                        logger.warning("Redis cannot be read (%r); trying again", error)
+                    outage = True
+                    await anyio.sleep(self.poll)
+                    continue
+                except ResponseError as error:
+                    if str(error).startswith("UNBLOCKED"):  # the stream was deleted: look again
+                        continue
+                    if not str(error).startswith("NOGROUP"):
+                        raise
+                    await self._lost_group()
+                    continue
+                if outage:
+                    logger.warning("Redis answers again; reading runs")
+                    outage = False
                 for entry_id, fields in found:
                     self._held.add(entry_id)  # from now on, kept this worker's by the heartbeat
                     self._wanted.clear()
                     inbox.put_nowait((entry_id, fields))
         except Exception as error:
             inbox.put_nowait(error)
+
+    async def _lost_group(self) -> None:
+        """The stream or its group is gone: Redis restarted without persistence, or was
+        flushed. What it held is lost; say so, and go on with a new group."""
+        logger.error(
+            "the stream %s or its consumer group is gone from Redis (restarted without "
+            "persistence, or flushed?): the runs it held are lost; reading goes on",
+            self.stream,
+        )
+        await self._create_group()
+        self._cursor = "0-0"
+
+    async def _create_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.stream, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # the group exists already: as expected
+                raise
 
     async def _claim(self) -> list[_Entry]:
         """What other consumers have held too long: a killed worker's runs. The scan goes on

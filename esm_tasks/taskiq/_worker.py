@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from typing import Any
 
 import anyio
+import anyio.abc
 from pydantic import ValidationError
 from taskiq import AsyncBroker
 from taskiq.acks import AckableMessage, AcknowledgeType
@@ -63,21 +64,45 @@ async def work(
         wait_tasks_timeout=shutdown_timeout,
     )
     finish = asyncio.Event()  # the receiver's own kind
+    failed: str | None = None
+
+    async def listen(group: anyio.abc.TaskGroup) -> None:
+        nonlocal failed
+        try:
+            await receiver.listen(finish)
+        except Exception as error:
+            logger.error("the worker's broker failed", exc_info=error)
+            cause = _innermost(error)
+            failed = f"{type(cause).__name__}: {cause}"
+        if not finish.is_set():  # the broker's listen ended, or failed
+            failed = failed or "its listen ended"
+            group.cancel_scope.cancel()
+
     logger.info("worker taking runs from %s, %d at a time", type(broker).__name__, concurrency)
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(receiver.listen, finish)
+            group.start_soon(listen, group)
             await (stop or anyio.Event()).wait()
             logger.info(
                 "worker stopping: no new runs; up to %s s for those under way", shutdown_timeout
             )
             finish.set()
+        if failed:
+            # Not a worker that looks alive and takes nothing: one that exits, to be restarted.
+            raise WorkerError(f"it stopped taking runs: the broker failed: {failed}")
     finally:
         # Past the shutdown timeout: a run still going is cut short with the process, and
         # must stay unacknowledged, whatever taskiq's receiver does as it is cancelled.
         grace.over = True
         with anyio.CancelScope(shield=True):
             await broker.shutdown()
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The first error an exception group holds, however deep; else the error itself."""
+    while isinstance(getattr(error, "exceptions", None), tuple) and error.exceptions:  # type: ignore[attr-defined]
+        error = error.exceptions[0]  # type: ignore[attr-defined]
+    return error
 
 
 class _Grace:
