@@ -36,15 +36,15 @@ def record(event: TaskEvent) -> None:
 
 
 async def declared_task() -> None:
-    await anyio.sleep(0.02)  # long enough to be running when a worker is killed
+    await anyio.sleep(0.05)  # long enough for a worker to hold several when killed
 
 
 async def added_task() -> None:
-    await anyio.sleep(0.02)
+    await anyio.sleep(0.05)
 
 
 async def response_task() -> None:
-    await anyio.sleep(0.02)
+    await anyio.sleep(0.05)
 
 
 @post("/work", background=declared_task)
