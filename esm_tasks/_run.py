@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -119,14 +119,14 @@ class Run:
         if self._request_id is None:
             self._read_request_id()
             if self._request_id is None:
-                self._request_id = uuid.uuid4().hex[:16]
+                self._request_id = os.urandom(8).hex()
         return self._request_id
 
     @property
     def run_id(self) -> str:
         """The run's id: the message's, on a worker; else made on first use."""
         if self._run_id is None:
-            self._run_id = uuid.uuid4().hex
+            self._run_id = os.urandom(16).hex()  # opaque: no UUID's cost
         return self._run_id
 
     @run_id.setter

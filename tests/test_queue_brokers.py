@@ -492,7 +492,7 @@ def test_messages_no_worker_can_read_become_dead_letters(
     broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     """Lost: nothing. Bytes that are no taskiq message, another task's name, a run of another
-    shape: taskiq would log and acknowledge each; they are kept, with why."""
+    shape, no run at all: taskiq would log and acknowledge each; they are kept, with why."""
     environment, app = _app_on(broker, monkeypatch, tmp_path)
     broker_ = app.task_settings.backend.broker  # type: ignore[union-attr]
 
@@ -512,6 +512,12 @@ def test_messages_no_worker_can_read_become_dead_letters(
                     task_id="b", task_name="esm_tasks.run", labels={}, args=[{"old": 1}], kwargs={}
                 ),
             ),
+            (
+                "esm_tasks.run",
+                TaskiqMessage(
+                    task_id="c", task_name="esm_tasks.run", labels={}, args=[], kwargs={}
+                ),
+            ),
         ]:
             body = data if isinstance(data, bytes) else broker_.formatter.dumps(data).message
             await broker_.kick(BrokerMessage(task_id="x", task_name=name, message=body, labels={}))
@@ -527,11 +533,12 @@ def test_messages_no_worker_can_read_become_dead_letters(
     anyio.run(send_unreadable)
     with worker(environment):
         end = time.monotonic() + 60
-        while len(found := anyio.run(reasons)) < 3:
+        while len(found := anyio.run(reasons)) < 4:
             assert time.monotonic() < end, found
             time.sleep(0.1)
     assert [reason.split(" ", 3)[:3] for reason in sorted(found)] == [
         ["it", "names", "the"],
+        ["not", "a", "run"],
         ["not", "a", "run"],
         ["not", "a", "taskiq"],
     ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Iterable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
 from lilya.background import Task
+from pydantic import ValidationError
 from taskiq import AsyncBroker
 from taskiq.message import TaskiqMessage
 
@@ -19,6 +23,18 @@ from .._wire import Refused, Registry, RunMessage, encode, run_of
 from ._dead_letters import KeepsDeadLetters
 
 TASK_NAME = "esm_tasks.run"
+
+if sys.version_info >= (3, 11):
+    # taskiq runs on asyncio, whose own deadline costs half of anyio's on every send.
+    _within = asyncio.timeout
+else:
+
+    @contextlib.asynccontextmanager
+    async def _within(seconds: float) -> AsyncIterator[None]:
+        with anyio.fail_after(seconds):
+            yield
+
+
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
 
 
@@ -116,7 +132,7 @@ class TaskiqBackend:
             )
 
     async def _connect(self) -> None:
-        with anyio.fail_after(self.send_timeout):
+        async with _within(self.send_timeout):
             await self.broker.startup()
         self._connected = True
 
@@ -124,6 +140,22 @@ class TaskiqBackend:
         if self._connected:
             self._connected = False
             await self.broker.shutdown()
+
+    async def _refuse(self, data: dict[str, Any], reason: str, where: str = "a message") -> None:
+        """Keep a message this worker will not run as a dead letter, as the broker carried it,
+        so that requeueing sends it as it came; without a dead-letter place, fail it."""
+        if not isinstance(self.broker, KeepsDeadLetters):
+            logger.error("refused a run of %s: %s", where, reason)
+            raise Refused(reason)
+        kept = TaskiqMessage(
+            task_id=str(data.get("run_id", "-")),
+            task_name=TASK_NAME,
+            labels={},
+            args=[data],
+            kwargs={},
+        )
+        await self.broker.dead_letter(self.broker.formatter.dumps(kept).message, reason)
+        logger.error("refused a run of %s, now a dead letter: %s", where, reason)
 
     def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
         return self._send(steps, run, context)
@@ -140,7 +172,7 @@ class TaskiqBackend:
             message = self._encode(steps, run, f"{run.method} {run.path}")
             if not self._connected:
                 await self._connect()  # unreachable when the app started: try again
-            with anyio.fail_after(self.send_timeout):
+            async with _within(self.send_timeout):
                 await self._task.kiq(message.model_dump(mode="json"))
         except TypeError:  # checked when the handler returned; a failed request's run was not
             logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
@@ -158,24 +190,16 @@ class TaskiqBackend:
         and send the rest on."""
         assert self._registry is not None, "attached by App"
         assert self._settings is not None, "attached by App"
-        message = RunMessage.model_validate(data)
+        try:
+            message = RunMessage.model_validate(data)
+        except ValidationError as error:
+            await self._refuse(data, f"not a run this version of esm_tasks reads ({error})")
+            return
         try:
             steps: list[Task] = self._registry.decode(message)
         except Refused as refusal:
             where = f"{message.method} {message.path} [request {message.request_id}]"
-            if not isinstance(self.broker, KeepsDeadLetters):
-                logger.error("refused a run of %s: %s", where, refusal)
-                raise
-            # Kept as the broker carries it, so that requeueing sends it as it came.
-            kept = TaskiqMessage(
-                task_id=message.run_id,
-                task_name=TASK_NAME,
-                labels={},
-                args=[message.model_dump(mode="json")],
-                kwargs={},
-            )
-            await self.broker.dead_letter(self.broker.formatter.dumps(kept).message, str(refusal))
-            logger.error("refused a run of %s, now a dead letter: %s", where, refusal)
+            await self._refuse(data, str(refusal), where)
             return
         run = run_of(message, self._settings)
         await run_steps(steps[:1], run)
@@ -185,7 +209,7 @@ class TaskiqBackend:
         # The step is done: the rest goes on as a message of its own before this one is
         # acknowledged, so that a worker that dies from now on costs at most the step it was in.
         try:
-            with anyio.fail_after(self.send_timeout):
+            async with _within(self.send_timeout):
                 await self._task.kiq(rest.model_dump(mode="json"))
         except Exception as error:
             where = f"{message.method} {message.path} [request {message.request_id}]"
