@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from lilya.apps import Lilya
@@ -18,6 +18,7 @@ from lilya.types import Receive, Scope, Send
 
 from ._dispatch import Handover, QueueBackend
 from ._events import TaskEvent
+from ._instruments import instruments
 from ._lifecycle import Tracker, serve_lifespan
 from ._routing import TaskRoute
 from ._run import DEFERRED, LAYERS, SETTINGS, Settings
@@ -47,6 +48,11 @@ class App(Lilya):
         (`esm_tasks.taskiq.TaskiqBackend`); the functions of its tasks must be importable.
     :param queue_tasks: functions that requests add at run time, which a worker may run
         besides those the routes declare.
+    :param tracing: with OpenTelemetry installed, one span per task attempt (False: none).
+    :param task_span_parent: "child": each task's span is a child of the span current where
+        the request handed its tasks over; "link": a root span linked to it.
+    :param metrics: True (prometheus-client's default registry) or a registry: record
+        `esm_tasks_*` metrics there.
     """
 
     task_settings: Settings
@@ -63,6 +69,9 @@ class App(Lilya):
         shutdown_timeout: float = 30.0,
         task_backend: QueueBackend | None = None,
         queue_tasks: Sequence[Callable[..., Any]] = (),
+        tracing: bool = True,
+        task_span_parent: Literal["child", "link"] = "child",
+        metrics: bool | Any = False,
         **options: Any,
     ) -> None:
         for name, value in (
@@ -97,6 +106,7 @@ class App(Lilya):
             tracker=Tracker(),
             detach=detach_tasks,
             backend=task_backend,
+            instruments=instruments(tracing, task_span_parent, metrics),
         )
         self.shutdown_timeout = float(shutdown_timeout)
         _leave_logging_alone(options)

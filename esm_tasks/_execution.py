@@ -25,6 +25,7 @@ from lilya.background import Task
 from lilya.types import Scope
 
 from ._events import EventKind, TaskEvent, emit, report_failure
+from ._instruments import Outcome
 from ._policy import DEFAULT_POLICY, TaskPolicy
 from ._run import DEFAULT_SETTINGS, Run, settings_of
 
@@ -235,21 +236,31 @@ async def _attempt(
     )
     # With a pool of the app's own, the slot is held already: no limit on the thread itself.
     threads = _UNBOUNDED if in_thread and settings.thread_limiter is not None else None
+    watches = [i.attempt(task, run, attempt) for i in settings.instruments]
+    outcome: Outcome = "abandoned"
+    raised: BaseException | None = None
     started = time.monotonic()
     try:
         with anyio.move_on_after(policy.timeout or math.inf) as deadline:
             await task.invoke(threads, on_thread_end)
+        outcome = "timed_out" if deadline.cancelled_caught else "succeeded"
         return None, deadline.cancelled_caught, time.monotonic() - started
-    except asyncio.CancelledError as error:
+    except asyncio.CancelledError as cancelled:
         if _cancelled_from_outside():
             emit("abandoned", task, run, attempt=attempt, duration=time.monotonic() - started)
             raise  # a shutdown or an enclosing timeout: not this task's failure
-        return error, False, time.monotonic() - started
-    except Exception as error:
-        return error, False, time.monotonic() - started
+        outcome, raised = "failed", cancelled
+        return cancelled, False, time.monotonic() - started
+    except Exception as failure:
+        outcome, raised = "failed", failure
+        return failure, False, time.monotonic() - started
     finally:
         if not thread_gives_back:
             _give_back(held, borrower)
+        if watches:
+            retrying = outcome in ("failed", "timed_out") and attempt <= policy.retries
+            for watch in reversed(watches):
+                watch.end(outcome, raised, retrying)
 
 
 _UNBOUNDED = anyio.CapacityLimiter(math.inf)

@@ -53,10 +53,25 @@ def label_sources(
     route: tuple[Task, ...],
 ) -> list[tuple[str, Task]]:
     """Each step with the source it came from: "app", "include", "handler", "request" or
-    "response". Only an observer (esm_tasks.testing) asks, so the hot path never pays for it.
+    "response". Only an observer (esm_tasks.testing) or an instrument asks, so the usual path
+    never pays for it.
     """
     labelled = list(layers)
     labelled += [("handler", step) for step in route]
     for step in steps[len(labelled) :]:
         labelled.append(("request" if type(step) is RequestTasks else "response", step))
     return labelled
+
+
+def sources_by_task(labelled: list[tuple[str, Task]]) -> dict[int, str]:
+    """Each task's source, by its id: a collection's members have the collection's."""
+    sources: dict[int, str] = {}
+
+    def walk(source: str, step: Task) -> None:
+        sources.setdefault(id(step), source)
+        for member in getattr(step, "members", lambda: ())():
+            walk(source, member)
+
+    for source, step in labelled:
+        walk(source, step)
+    return sources

@@ -16,7 +16,7 @@ from lilya.types import Receive, Scope, Send
 from ._binding import Binding, async_caller, read_body
 from ._dispatch import destination_of
 from ._execution import observer
-from ._merge import label_sources, merge
+from ._merge import label_sources, merge, sources_by_task
 from ._params import plan
 from ._responses import (
     MADE_WHILE_SENT,
@@ -115,7 +115,7 @@ class _Endpoint:
             # Strict: the run is on the broker before the response says all went well (unless
             # the testing kit watches: it sees and holds runs at the handover).
             failed = (response.status_code or 200) >= 500
-            if await backend.send(steps, Run(scope, settings, failed)):
+            if await backend.send(steps, self._run(scope, settings, steps, failed)):
                 steps = ()
             else:
                 response, here = _unavailable(), True  # its error tasks run here
@@ -223,12 +223,11 @@ class _Endpoint:
         `exits`: the request's dependencies, cleaned up when the run ends, told of `error`.
         `here`: run in this process, even with a queue backend (it did not take the run).
         """
-        run = Run(scope, settings, failed, exits, error)
+        run = self._run(scope, settings, steps, failed, exits, error)
         run.here = here
         watcher = observer.get()
         if watcher is not None:
-            layers = scope.get(LAYERS, ())
-            watcher.scheduled(run, label_sources(steps, layers, self.route.background))
+            watcher.scheduled(run, self._labelled(scope, steps))
             if watcher.capture:
                 return
         handover = scope.get(DEFERRED)
@@ -236,6 +235,24 @@ class _Endpoint:
             handover.runs.append((steps, run, contextvars.copy_context()))
         else:
             await destination_of(run).take(steps, run, None)
+
+    def _run(
+        self,
+        scope: Scope,
+        settings: Settings,
+        steps: tuple[Task, ...],
+        failed: bool,
+        exits: contextlib.AsyncExitStack | None = None,
+        error: BaseException | None = None,
+    ) -> Run:
+        run = Run(scope, settings, failed, exits, error)
+        run.route = self.route.path
+        if settings.instruments:  # they say where each task came from
+            run.sources = sources_by_task(self._labelled(scope, steps))
+        return run
+
+    def _labelled(self, scope: Scope, steps: tuple[Task, ...]) -> list[tuple[str, Task]]:
+        return label_sources(steps, scope.get(LAYERS, ()), self.route.background)
 
 
 def _alone(error: Exception) -> Exception:

@@ -17,6 +17,7 @@ from ._events import TaskEvent, logger
 
 if TYPE_CHECKING:
     from ._dispatch import QueueBackend
+    from ._instruments import Instrument
     from ._lifecycle import Tracker
 
 
@@ -28,6 +29,7 @@ class Settings:
         "background",
         "detach",
         "detaching",
+        "instruments",
         "on_task_error",
         "on_task_event",
         "simple",
@@ -47,6 +49,7 @@ class Settings:
         tracker: Tracker | None = None,
         detach: bool = False,
         backend: QueueBackend | None = None,
+        instruments: tuple[Instrument, ...] = (),
     ) -> None:
         self.background = background
         self.on_task_error = on_task_error
@@ -57,8 +60,14 @@ class Settings:
         self.detach = detach
         self.detaching = False  # whether runs are detached now: in detach mode, while the app runs
         self.backend = backend  # a queue's destination, which takes every run
+        self.instruments = instruments  # tracing, metrics: told of every attempt
         # Nothing to do around a task with the default policy but call it.
-        self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
+        self.simple = (
+            task_limiter is None
+            and thread_limiter is None
+            and on_task_event is None
+            and not instruments
+        )
 
 
 DEFAULT_SETTINGS = Settings()
@@ -83,9 +92,12 @@ class Run:
         "method",
         "next_step",
         "path",
+        "route",
         "sent_at",
         "settings",
         "simple",
+        "sources",
+        "trace_parent",
     )
 
     def __init__(
@@ -105,6 +117,10 @@ class Run:
         self._request_id: str | None = None
         self._run_id: str | None = None
         self.next_step = 0  # the number the run's next step takes, for its idempotency key
+        self.route = "-"  # the route's template, as declared: what metrics and spans say
+        # Where each task came from ("app", "handler", ...), by id, when instruments ask.
+        self.sources: dict[int, str] | None = None
+        self.trace_parent: object | None = None  # on a worker: the request's trace context
         # The request's generator dependencies: they clean up when this run ends, and see the
         # exception that failed the request, if one did.
         self.exits = exits
@@ -132,6 +148,10 @@ class Run:
     @run_id.setter
     def run_id(self, value: str) -> None:
         self._run_id = value
+
+    def source_of(self, task: object) -> str:
+        """Where `task` came from: "app", "include", "handler", "request" or "response"."""
+        return "-" if self.sources is None else self.sources.get(id(task), "-")
 
     async def release(self) -> None:
         """Clean up the request's dependencies, once; a clean-up that raises is logged.

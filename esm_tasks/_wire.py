@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import time
 import types
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal, TypeAlias
@@ -39,6 +40,7 @@ class TaskCall(BaseModel):
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     policy: TaskPolicy | None = None
+    source: str | None = None  # where it came from ("handler", ...), when instruments ask
 
 
 class TaskGroup(BaseModel):
@@ -69,6 +71,9 @@ class RunMessage(BaseModel):
     # The run's step that `steps` starts at: a worker sends the rest of a run on as a message
     # of its own after each step, so that a redelivery starts at the first unfinished one.
     first_step: int = 0
+    route: str = "-"  # the route's template
+    sent_at: float = 0.0  # when this message was sent (seconds since the epoch)
+    trace: dict[str, str] = {}  # the request's trace context (W3C traceparent), if traced
 
     def rest(self) -> RunMessage | None:
         """The message for the steps after the first, or None if there are none."""
@@ -112,13 +117,19 @@ def resolve(path: str) -> Callable[..., Any]:
 
 def encode(steps: Iterable[Task], run: Run, where: str) -> RunMessage:
     """The message for a run; TypeError, naming the task and `where`, for what cannot go."""
+    trace: dict[str, str] = {}
+    for instrument in run.settings.instruments:
+        instrument.inject(trace)
     return RunMessage(
         run_id=run.run_id,
         method=run.method,
         path=run.path,
         request_id=run.request_id,
         failed=run.failed,
-        steps=[_step(step, where) for step in _flat(steps)],
+        steps=[_step(step, run, where) for step in _flat(steps)],
+        route=run.route,
+        sent_at=time.time(),
+        trace=trace,
     )
 
 
@@ -132,9 +143,9 @@ def _flat(steps: Iterable[Task]) -> Iterable[Task]:
             yield step
 
 
-def _step(step: Task, where: str) -> Step:
+def _step(step: Task, run: Run, where: str) -> Step:
     if isinstance(step, BackgroundTasks):
-        members = [_step(member, where) for member in step.members()]
+        members = [_step(member, run, where) for member in step.members()]
         return TaskGroup(steps=members, as_group=step.as_group)
     if not isinstance(step, BackgroundTask):
         step = BackgroundTask._adopt(step)
@@ -153,6 +164,7 @@ def _step(step: Task, where: str) -> Step:
         args=args,
         kwargs=kwargs,
         policy=None if step.policy == own else step.policy,
+        source=None if run.sources is None else run.source_of(step),
     )
 
 
@@ -188,13 +200,15 @@ class Registry:
                     "registered with App(queue_tasks=[...]), so a worker would refuse it"
                 )
 
-    def decode(self, message: RunMessage) -> list[Task]:
-        """The steps a message names, each argument validated as its function declares it."""
-        return [self._task(step) for step in message.steps]
+    def decode(self, message: RunMessage, sources: dict[int, str] | None = None) -> list[Task]:
+        """The steps a message names, each argument validated as its function declares it;
+        with `sources`, each task's source is filled in, by its id."""
+        return [self._task(step, sources) for step in message.steps]
 
-    def _task(self, step: Step) -> Task:
+    def _task(self, step: Step, sources: dict[int, str] | None) -> Task:
         if isinstance(step, TaskGroup):
-            collection = BackgroundTasks._of([self._task(member) for member in step.steps])
+            members = [self._task(member, sources) for member in step.steps]
+            collection = BackgroundTasks._of(members)
             collection.as_group = step.as_group
             return collection
         func = self.functions.get(step.function)
@@ -207,7 +221,11 @@ class Registry:
             # This task fails as any task does, logged with its request; the others run.
             task = BackgroundTask(_fail, error)
             task.name = task_name(func)
-        return task if step.policy is None else task.with_policy(**step.policy.model_dump())
+        if step.policy is not None:
+            task = task.with_policy(**step.policy.model_dump())
+        if sources is not None and step.source is not None:
+            sources[id(task)] = step.source
+        return task
 
 
 def _calls(steps: Iterable[Step]) -> Iterable[TaskCall]:
@@ -272,4 +290,9 @@ def run_of(message: RunMessage, settings: Settings) -> Run:
     run = Run(scope, settings, message.failed)
     run.run_id = message.run_id
     run.next_step = message.first_step
+    run.route = message.route
+    if message.sent_at:  # a task's start delay counts its time in the queue
+        run.sent_at -= max(0.0, time.time() - message.sent_at)
+    for instrument in settings.instruments:
+        instrument.extract(message.trace, run)
     return run

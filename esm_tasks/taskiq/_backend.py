@@ -18,6 +18,7 @@ from taskiq.message import TaskiqMessage
 from .._dispatch import IN_REQUEST, Steps
 from .._events import logger
 from .._execution import run_steps
+from .._instruments import dead_lettered
 from .._run import Run, Settings
 from .._wire import Refused, Registry, RunMessage, encode, run_of
 from ._dead_letters import KeepsDeadLetters
@@ -156,6 +157,8 @@ class TaskiqBackend:
         )
         await self.broker.dead_letter(self.broker.formatter.dumps(kept).message, reason)
         logger.error("refused a run of %s, now a dead letter: %s", where, reason)
+        if self._settings is not None:
+            dead_lettered(self._settings.instruments)
 
     def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
         return self._send(steps, run, context)
@@ -195,13 +198,15 @@ class TaskiqBackend:
         except ValidationError as error:
             await self._refuse(data, f"not a run this version of esm_tasks reads ({error})")
             return
+        sources: dict[int, str] | None = {} if self._settings.instruments else None
         try:
-            steps: list[Task] = self._registry.decode(message)
+            steps: list[Task] = self._registry.decode(message, sources)
         except Refused as refusal:
             where = f"{message.method} {message.path} [request {message.request_id}]"
             await self._refuse(data, str(refusal), where)
             return
         run = run_of(message, self._settings)
+        run.sources = sources
         await run_steps(steps[:1], run)
         rest = message.rest()
         if rest is None:

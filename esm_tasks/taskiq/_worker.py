@@ -15,6 +15,7 @@ from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 
 from .._events import logger
+from .._instruments import Instrument, dead_lettered
 from ._backend import TASK_NAME, TaskiqBackend
 from ._dead_letters import KeepsDeadLetters
 
@@ -53,7 +54,7 @@ async def work(
     serve_at_most = getattr(broker, "serve_at_most", None)
     if serve_at_most is not None:  # esm_tasks' RabbitMQ broker: prefetch no more than it runs
         serve_at_most(concurrency)
-    grace = _Grace(broker)
+    grace = _Grace(broker, getattr(settings, "instruments", ()))
     receiver = Receiver(
         broker,
         max_async_tasks=concurrency,
@@ -106,8 +107,9 @@ def _innermost(error: BaseException) -> BaseException:
 class _Grace:
     """Wraps the broker's `listen` so that no message is acknowledged once `over` is set."""
 
-    def __init__(self, broker: AsyncBroker) -> None:
+    def __init__(self, broker: AsyncBroker, instruments: tuple[Instrument, ...] = ()) -> None:
         self.broker = broker
+        self.instruments = instruments
         self.over = False
         self._listen = broker.listen
         broker.listen = self.listen  # type: ignore[method-assign]
@@ -120,6 +122,7 @@ class _Grace:
                     # taskiq would log it and acknowledge it: kept instead, never dropped.
                     await self.broker.dead_letter(message.data, reason)
                     logger.error("a message that cannot run is now a dead letter: %s", reason)
+                    dead_lettered(self.instruments)
                     await maybe_awaitable(message.ack())
                     continue
                 message = AckableMessage(
