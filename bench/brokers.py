@@ -37,6 +37,25 @@ def delete(broker: str, queue: str) -> None:
     anyio.run(on_rabbitmq)
 
 
+def left(broker: str, queue: str) -> int:
+    """How many messages the queue still holds (on Redis: entries of the stream)."""
+    if broker == "redis":
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=6379) as client:
+            return int(client.xlen(queue))
+    import aio_pika
+    import anyio
+
+    async def on_rabbitmq() -> int:
+        async with await aio_pika.connect(URLS["rabbitmq"]) as connection:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.message_count or 0)
+
+    return anyio.run(on_rabbitmq)
+
+
 def stop(broker: str) -> None:
     """Stop the broker, keeping what it holds: RabbitMQ's app stops (its quorum queues are on
     disk); Redis writes its data to an append-only file and shuts down."""

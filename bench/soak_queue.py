@@ -44,6 +44,8 @@ class Faults:
     broker_down: tuple[float, float] = (0.0, 0.0)
     answers: collections.Counter[int] = field(default_factory=collections.Counter)
     ok: list[str] = field(default_factory=list)  # request ids answered 2xx
+    failure: str = ""  # a fault that could not be made
+    left: int = 0  # messages still on the broker once the workers stopped
 
 
 def worker(environment: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -134,10 +136,15 @@ def soak(
 
     def outage_now() -> None:
         began = time.time()
-        brokers.stop(broker)
-        time.sleep(outage)
-        brokers.start(broker)
-        faults.broker_down = (began, time.time())
+        try:
+            brokers.stop(broker)
+            time.sleep(outage)
+            brokers.start(broker)
+        except BaseException as error:
+            faults.failure = repr(error)
+            raise
+        finally:
+            faults.broker_down = (began, time.time())  # the soak goes on, and reports
 
     try:
         with started_server(APP) as port:
@@ -162,6 +169,7 @@ def soak(
             process.send_signal(signal.SIGTERM)
         for process in workers:
             process.wait(timeout=60)
+        faults.left = brokers.left(broker, queue)
         brokers.delete(broker, queue)
     return report(broker, strict, requests, elapsed, out, faults, server_pid, expected)
 
@@ -169,7 +177,10 @@ def soak(
 def _server_pid(port: int) -> str:
     """The serving process's id: the one listening on `port`."""
     found = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True)
-    return found.stdout.partition("pid=")[2].partition(",")[0]
+    pid = found.stdout.partition("pid=")[2].partition(",")[0]
+    if not pid.isdigit():
+        raise SystemExit(f"cannot tell which process serves port {port}: {found.stderr}")
+    return pid
 
 
 def report(
@@ -185,27 +196,32 @@ def report(
     starts: dict[tuple[str, str], list[tuple[str, float]]] = collections.defaultdict(list)
     successes: collections.Counter[tuple[str, str]] = collections.Counter()
     keys: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    succeeded_on: set[tuple[str, str, str]] = set()
     for kind, request, task, key, pid, at in read(out):
         keys[request, task].add(key)
         if kind == "started":
             starts[request, task].append((pid, float(at)))
         else:
             successes[request, task] += 1
+            succeeded_on.add((pid, request, task))
     lost = expected - set(successes)
     twice: collections.Counter[str] = collections.Counter()
     delays = []
     down_from, down_to = faults.broker_down
     repeated = set()
+    killed = str(faults.killed_pid)
     for (request, task), runs in sorted(starts.items(), key=lambda item: TASKS.index(item[0][1])):
         pids = [pid for pid, _ in runs]
-        if str(faults.killed_pid) in pids:
-            after = [at for pid, at in runs if pid != str(faults.killed_pid)]
+        # Cut short by the kill: started on the killed worker, never finished there.
+        cut = killed in pids and (killed, request, task) not in succeeded_on
+        if cut:
+            after = [at for pid, at in runs if pid != killed]
             if after:
                 delays.append(min(after) - faults.killed_at)
         if len(runs) < 2:
             continue
         repeated.add((request, task))
-        if str(faults.killed_pid) in pids:
+        if cut:
             twice["its worker was SIGKILLed while it ran"] += 1
         elif server_pid in pids:
             twice["its send timed out as the broker took it: ran here and on a worker"] += 1
@@ -237,14 +253,16 @@ def report(
         f"  tasks the killed worker was running: {len(delays)}, started again on another; "
         f"p99 {p99:.2f} s after the kill"
     )
+    print(f"  messages left on the broker once the workers stopped: {faults.left}")
     checks = {
-        "nothing lost": not lost,
+        "every 2xx request's tasks ran: nothing lost": not lost,
         "keys stable": not unstable,
         "the kill cut runs short": bool(delays),
+        "the broker stopped and started again": not faults.failure,
+        "acknowledged messages removed": faults.left == 0,
+        "every answer is 2xx" + (" or 503" if strict else ""): set(faults.answers)
+        <= ({200, 503} if strict else {200}),
     }
-    if strict:
-        checks["every 2xx request's tasks ran"] = not lost
-        checks["every answer is 2xx or 503"] = set(faults.answers) <= {200, 503}
     for check, held in checks.items():
         print(f"  {'ok' if held else 'FAILED'}: {check}")
     print(f"  (lines in {out})")

@@ -19,6 +19,7 @@ from ._execution import (
     abandon,
     current_run,
     is_task,
+    position,
     run_in_order,
     run_isolated,
     run_steps,
@@ -112,6 +113,7 @@ def detach(steps: Steps, run: Run, context: contextvars.Context) -> None:
     assert tracker is not None  # detaching is only on while an App's lifespan runs
     run.let_go_of_the_request()  # it outlives its request: so should not the headers
     context.run(current_run.set, run)
+    context.run(position.set, ())  # its own steps, even if handed over inside a task
     tracker.start(task_in(context, _run_detached(steps, run, tracker)))
 
 

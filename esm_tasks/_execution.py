@@ -64,6 +64,8 @@ observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default
 async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
     """Run one request's merged steps in order, after its response was sent."""
     token = current_run.set(run)
+    # A run started inside a task (an app called in-process) numbers its own steps.
+    at = position.set(())
     tracker = run.settings.tracker
     if tracker is not None:
         tracker.add(run)
@@ -75,6 +77,7 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
     finally:
         if run.exits is not None:
             await run.release()
+        position.reset(at)
         current_run.reset(token)
         if tracker is not None:
             tracker.discard(run)

@@ -109,16 +109,17 @@ class _Endpoint:
             if exits is not None:
                 await close(exits, None, self.route.where)
             return  # the client left before its request was read: nobody to answer
-        here = False
+        here: str | None = None
         backend = settings.backend
         if steps and backend is not None and backend.strict and observer.get() is None:
             # Strict: the run is on the broker before the response says all went well (unless
             # the testing kit watches: it sees and holds runs at the handover).
             failed = (response.status_code or 200) >= 500
-            if await backend.send(steps, self._run(scope, settings, steps, failed)):
+            sent = self._run(scope, settings, steps, failed)
+            if await backend.send(steps, sent):
                 steps = ()
-            else:
-                response, here = _unavailable(), True  # its error tasks run here
+            else:  # its error tasks run here, under the run id the broker may yet have
+                response, here = _unavailable(), sent.run_id
         # A body made as it is sent may fail part-way, after its status line said all was well.
         watch = SendWatch(send) if isinstance(response, MADE_WHILE_SENT) else None
         error: Exception | None = None
@@ -213,7 +214,7 @@ class _Endpoint:
         sent: bool = True,
         exits: contextlib.AsyncExitStack | None = None,
         error: BaseException | None = None,
-        here: bool = False,
+        here: str | None = None,
     ) -> None:
         """Give the merged steps to whoever runs them: a test; in an App, once the response
         has left it, a task of their own or this call; without an App, this call.
@@ -221,10 +222,13 @@ class _Endpoint:
         `sent`: whether the route's response is out (a failed handler's is sent by the
         layers around it). See `Handover` for a response held back on its way out.
         `exits`: the request's dependencies, cleaned up when the run ends, told of `error`.
-        `here`: run in this process, even with a queue backend (it did not take the run).
+        `here`: run in this process, even with a queue backend, which did not take the run
+        sent with this run id (a late broker may run it too: its keys are the same).
         """
         run = self._run(scope, settings, steps, failed, exits, error)
-        run.here = here
+        if here is not None:
+            run.here = True
+            run.run_id = here
         watcher = observer.get()
         if watcher is not None:
             watcher.scheduled(run, self._labelled(scope, steps))

@@ -128,3 +128,12 @@ async def keyed_route(tasks: BackgroundTasks) -> Response:
     tasks.add_task(keyed, "added")
     group = BackgroundTasks([BackgroundTask(keyed, "in group")], as_group=True)
     return Response(None, background=group)
+
+
+@task_policy(when="always")
+async def always(name: str) -> None:
+    ran.append((name, idempotency_key()))
+
+
+@post("/always", background=BackgroundTask(always, "always"))
+async def always_route() -> None: ...

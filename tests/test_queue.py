@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import anyio
 import pytest
 from taskiq import InMemoryBroker
 from taskiq.message import BrokerMessage
@@ -318,3 +319,38 @@ async def test_the_rest_of_a_run_the_broker_will_not_take_back_runs_on_its_worke
         "the rest of the run of POST /keyed" in text and "this worker runs it" in text
         for text in warnings
     )
+
+
+class _LateBroker(InMemoryBroker):
+    """Takes the message, and a worker runs it, but says so only after the send timeout."""
+
+    async def kick(self, message: BrokerMessage) -> None:
+        await super().kick(message)
+        await anyio.sleep(0.3)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_a_run_the_broker_took_too_late_runs_twice_under_one_key(strict: bool) -> None:
+    """Ran twice, as documented: on the worker, and here, as the send timed out. Each task's
+    idempotency key is the same both times, in strict mode (a 503) too."""
+    queue_app.ran.clear()
+    backend = TaskiqBackend(_LateBroker(await_inplace=True), send_timeout=0.1, strict=strict)
+    app = App(routes=[queue_app.always_route], task_backend=backend)
+    reply = await drive(app, "POST", "/always", Events())  # as a server calls it: strict sends
+    assert reply.status == (503 if strict else 201)
+    [(_, first), (_, second)] = queue_app.ran  # type: ignore[misc]
+    assert first == second
+
+
+async def test_a_worker_past_its_shutdown_timeout_sends_nothing_on() -> None:
+    """A step that ends after the worker's grace is over: its message is not acknowledged,
+    so it comes back at this step; sending the rest on as well would run the rest twice."""
+    queue_app.ran.clear()
+    broker = _CountingBroker()
+    backend = TaskiqBackend(broker)
+    app = App(routes=[queue_app.keyed_route], task_backend=backend)
+    backend.cut_short = True  # as the worker sets it, past its shutdown timeout
+    async with TestClient(app) as http:
+        assert (await http.post("/keyed")).status_code == 200
+    assert broker.kicked == 1  # the request's message; nothing sent on
+    assert [name for name, _ in _keys()] == ["declared"]

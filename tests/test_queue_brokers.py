@@ -4,11 +4,13 @@ Both brokers run on this machine before every session and CI run (.ci/run starts
 is not running); a test that cannot reach one fails rather than skips.
 """
 
+import asyncio
 import contextlib
 import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -244,17 +246,29 @@ def test_an_app_whose_broker_is_down_serves_and_runs_its_tasks_itself(
     assert any("runs in this process instead" in text for text in warnings)
 
 
-def _cut_connections(broker: str) -> None:
-    """The broker closes every client's connection, as when it restarts."""
+def _cut_connections(broker: str, queue_name: str) -> None:
+    """The broker closes the connections of this queue's clients, as when it restarts; other
+    clients of the broker keep theirs."""
     if broker == "redis":
         with redis.Redis(host="127.0.0.1", port=6379) as client:
-            client.client_kill_filter(_type="normal", skipme=True)
-    else:
-        subprocess.run(
-            ["rabbitmqctl", "close_all_connections", "esm_tasks test: the broker goes away"],
-            check=True,
-            capture_output=True,
-        )
+            for entry in client.client_list():
+                if entry["name"] == f"esm_tasks:{queue_name}":
+                    client.client_kill_filter(_id=entry["id"])
+        return
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "--quiet"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for line in listed.stdout.splitlines()[1:]:  # a pid, a tab, its client's properties
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","esm_tasks {queue_name}"}}' in properties:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "the broker goes away"],
+                check=True,
+                capture_output=True,
+            )
 
 
 @pytest.mark.parametrize("broker", sorted(BROKERS))
@@ -272,7 +286,7 @@ def test_a_worker_whose_broker_connections_are_cut_takes_runs_again(
     with serve(app, lifespan="on") as url, worker(environment) as process:
         assert httpx.post(f"{url}/slow/cut").status_code == 201
         assert lines(environment, 1) == [["started", "cut", str(process.pid)]]
-        _cut_connections(broker)
+        _cut_connections(broker, environment["ESM_TASKS_TEST_QUEUE"])
         pathlib.Path(f"{out}.go").touch()
         # The same worker, still alive, takes a run sent after the cut.
         deadline = time.monotonic() + 60
@@ -542,3 +556,84 @@ def test_messages_no_worker_can_read_become_dead_letters(
         ["not", "a", "run"],
         ["not", "a", "taskiq"],
     ]
+
+
+class _OwnRedis:
+    """A Redis server of the test's own, persisting to `directory`, to stop and start again
+    without touching the one other tests share."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.directory), "--appendonly", "yes", "--save", ""),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        with redis.Redis(port=self.port) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis-server did not start"
+                    time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()  # Redis writes its append-only file and exits
+        self.process.wait(timeout=30)
+
+
+def test_a_run_finished_while_redis_was_down_is_acknowledged_once_it_is_back(
+    tmp_path: pathlib.Path, task_log: list[logging.LogRecord]
+) -> None:
+    """Lost: nothing. Ran twice: nothing; the heartbeat kept the run this worker's while its
+    acknowledgement was owed, and made it once Redis answered again."""
+    from esm_tasks.taskiq._redis import StreamBroker
+
+    own = _OwnRedis(tmp_path)
+    own.start()
+    url = f"redis://127.0.0.1:{own.port}/0"
+
+    async def scenario() -> None:
+        holder = StreamBroker(url, stream="runs", claim_after=0.6, poll=0.1)
+        other = StreamBroker(url, stream="runs", claim_after=0.6, poll=0.1)
+        await holder.startup()
+        await other.startup()
+        await holder.kick(BrokerMessage(task_id="t", task_name="x", message=b"run", labels={}))
+        listening = holder.listen()
+        message = await listening.__anext__()
+        own.stop()
+        await message.ack()  # Redis is down: owed, with a WARNING
+        own.start()
+        others = other.listen()  # polls, and would claim the run if its holder let it go
+        taken = asyncio.ensure_future(others.__anext__())
+        with redis.Redis(port=own.port) as client:
+            deadline = time.monotonic() + 30
+            while client.xlen("runs") or client.xpending("runs", "runs")["pending"]:
+                assert time.monotonic() < deadline, "never acknowledged"
+                await anyio.sleep(0.05)
+        await anyio.sleep(1.2)  # twice claim_after: nothing is left to claim
+        assert not taken.done()
+        taken.cancel()
+        for generator in (listening, others):
+            with contextlib.suppress(BaseException):
+                await generator.aclose()
+        await holder.shutdown()
+        await other.shutdown()
+
+    try:
+        anyio.run(scenario)
+    finally:
+        own.stop()
+    warnings = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert any("could not be acknowledged" in text for text in warnings)

@@ -62,6 +62,9 @@ class TaskiqBackend:
             await self._execute(message)
 
         self._task = broker.register_task(run, task_name=TASK_NAME)
+        # Set by a worker past its shutdown timeout: runs still going send nothing on, as
+        # their messages will not be acknowledged.
+        self.cut_short = False
         self._registry: Registry | None = None
         self._connected = False
         self._settings: Settings | None = None
@@ -209,8 +212,8 @@ class TaskiqBackend:
         run.sources = sources
         await run_steps(steps[:1], run)
         rest = message.rest()
-        if rest is None:
-            return
+        if rest is None or self.cut_short:
+            return  # cut short: this message stays unacknowledged, and comes back at this step
         # The step is done: the rest goes on as a message of its own before this one is
         # acknowledged, so that a worker that dies from now on costs at most the step it was in.
         try:

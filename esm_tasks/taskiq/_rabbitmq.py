@@ -36,6 +36,8 @@ class QueueBroker(AioPikaBroker):
             task_queues=[Queue(name=queue, arguments={"x-delivery-limit": max_deliveries - 1})],
             # Classic: a quorum queue would count each listing as a delivery, and may drop.
             dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
+            # Named, so that an operator sees whose connection is whose.
+            client_properties={"connection_name": f"esm_tasks {queue}"},
         )
         self.queue = queue
 

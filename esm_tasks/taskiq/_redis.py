@@ -78,6 +78,7 @@ class StreamBroker(AsyncBroker):
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._redis: Redis | None = None
         self._held: set[bytes] = set()  # ids read and not yet acknowledged
+        self._owed: set[bytes] = set()  # of those, finished: their acknowledgement failed
         self._beating: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._listening = False
@@ -91,7 +92,8 @@ class StreamBroker(AsyncBroker):
         return self._redis
 
     async def startup(self) -> None:
-        self._redis = Redis.from_url(self.url)
+        # Named, so that an operator sees whose connection is whose (CLIENT LIST).
+        self._redis = Redis.from_url(self.url, client_name=f"esm_tasks:{self.stream}")
         await self._create_group()
         await super().startup()
 
@@ -103,6 +105,9 @@ class StreamBroker(AsyncBroker):
             self._reading.cancel()
         if self._beating is not None:
             self._beating.cancel()
+        if self._owed and self._redis is not None:
+            with contextlib.suppress(Exception):  # else another worker runs them again
+                await self._acknowledge(list(self._owed))
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -227,11 +232,23 @@ class StreamBroker(AsyncBroker):
         return [entry for _, entries in fetched or () for entry in entries]
 
     async def _ack(self, entry_id: bytes) -> None:
+        try:
+            await self._acknowledge([entry_id])
+        except (RedisConnectionError, OSError) as error:
+            # Still held, so the heartbeat keeps it this worker's, and acknowledges it once
+            # Redis answers: not run again while this worker lives.
+            self._owed.add(entry_id)
+            logger.warning(
+                "a finished run could not be acknowledged (%r); the heartbeat tries again", error
+            )
+
+    async def _acknowledge(self, entry_ids: list[bytes]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, self.stream, entry_id)
-            pipe.xdel(self.stream, entry_id)
+            pipe.xack(self.stream, self.stream, *entry_ids)
+            pipe.xdel(self.stream, *entry_ids)
             await pipe.execute()
-        self._held.discard(entry_id)
+        self._held.difference_update(entry_ids)
+        self._owed.difference_update(entry_ids)
 
     async def dead_letter(self, data: bytes, reason: str) -> None:
         await self.redis.xadd(self.dead, {"data": data, "reason": reason})
@@ -254,6 +271,9 @@ class StreamBroker(AsyncBroker):
         `claim_after`."""
         while True:
             await anyio.sleep(self.claim_after / 3)
+            if self._owed:
+                with contextlib.suppress(Exception):  # still owed: next time
+                    await self._acknowledge(list(self._owed))
             if self._held:
                 try:
                     await self.redis.xclaim(

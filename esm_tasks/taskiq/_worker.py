@@ -93,6 +93,7 @@ async def work(
         # Past the shutdown timeout: a run still going is cut short with the process, and
         # must stay unacknowledged, whatever taskiq's receiver does as it is cancelled.
         grace.over = True
+        backend.cut_short = True
         with anyio.CancelScope(shield=True):
             await broker.shutdown()
 
