@@ -137,3 +137,15 @@ async def always(name: str) -> None:
 
 @post("/always", background=BackgroundTask(always, "always"))
 async def always_route() -> None: ...
+
+
+@post(
+    "/fails",
+    background=[
+        BackgroundTask(always, "always"),
+        BackgroundTask(keyed, "on success only"),
+        BackgroundTask(compensate, 9),
+    ],
+)
+async def failing_route() -> None:
+    raise RuntimeError("the handler failed")

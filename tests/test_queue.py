@@ -354,3 +354,39 @@ async def test_a_worker_past_its_shutdown_timeout_sends_nothing_on() -> None:
         assert (await http.post("/keyed")).status_code == 200
     assert broker.kicked == 1  # the request's message; nothing sent on
     assert [name for name, _ in _keys()] == ["declared"]
+
+
+async def test_a_failed_requests_run_keeps_its_outcome_from_step_to_step() -> None:
+    """Sent on step by step, the run still knows its request failed: `when="error"` runs."""
+    queue_app.ran.clear()
+    broker = _CountingBroker()
+    app = App(routes=[queue_app.failing_route], task_backend=TaskiqBackend(broker))
+    with pytest.raises(RuntimeError, match="the handler failed"):  # re-raised to the server
+        await drive(app, "POST", "/fails", Events())
+    assert broker.kicked == 3
+    assert [entry[0] for entry in queue_app.ran] == ["always", "compensate"]
+
+
+async def test_a_message_that_starts_mid_run_keeps_the_runs_keys() -> None:
+    """A continuation, as a dead letter requeued or a redelivery brings it back: its steps
+    are numbered from where it starts, under the run's id."""
+    queue_app.ran.clear()
+    broker = InMemoryBroker(await_inplace=True)
+    App(routes=[queue_app.keyed_route], task_backend=TaskiqBackend(broker))
+    function = f"{queue_app.__name__}:keyed"
+    rest = {
+        "run_id": "r1",
+        "method": "POST",
+        "path": "/keyed",
+        "request_id": "q1",
+        "failed": None,
+        "first_step": 2,
+        "steps": [
+            {"kind": "task", "function": function, "args": ["third"]},
+            {"kind": "task", "function": function, "args": ["fourth"]},
+        ],
+    }
+    task = broker.find_task("esm_tasks.run")
+    assert task is not None
+    await task.kiq(rest)
+    assert _keys() == [("third", "r1:2"), ("fourth", "r1:3")]

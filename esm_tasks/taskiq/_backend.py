@@ -145,7 +145,7 @@ class TaskiqBackend:
             self._connected = False
             await self.broker.shutdown()
 
-    async def _refuse(self, data: dict[str, Any], reason: str, where: str = "a message") -> None:
+    async def _refuse(self, data: dict[str, Any], reason: str, where: str) -> None:
         """Keep a message this worker will not run as a dead letter, as the broker carried it,
         so that requeueing sends it as it came; without a dead-letter place, fail it."""
         if not isinstance(self.broker, KeepsDeadLetters):
@@ -199,7 +199,10 @@ class TaskiqBackend:
         try:
             message = RunMessage.model_validate(data)
         except ValidationError as error:
-            await self._refuse(data, f"not a run this version of esm_tasks reads ({error})")
+            method, path = data.get("method", "-"), data.get("path", "-")
+            where = f"{method} {path} [request {data.get('request_id', '-')}]"
+            reason = f"not a run this version of esm_tasks reads ({error})"
+            await self._refuse(data, reason, where)
             return
         sources: dict[int, str] | None = {} if self._settings.instruments else None
         try:
