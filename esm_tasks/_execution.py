@@ -239,15 +239,20 @@ async def _attempt(
     )
     # With a pool of the app's own, the slot is held already: no limit on the thread itself.
     threads = _UNBOUNDED if in_thread and settings.thread_limiter is not None else None
-    watches = [i.attempt(task, run, attempt) for i in settings.instruments]
+    watches = [i.attempt(task, run, attempt) for i in settings.instruments if i.active()]
     outcome: Outcome = "abandoned"
     raised: BaseException | None = None
     started = time.monotonic()
     try:
-        with anyio.move_on_after(policy.timeout or math.inf) as deadline:
+        if policy.timeout is None:  # no cancel scope: it costs microseconds per task
             await task.invoke(threads, on_thread_end)
-        outcome = "timed_out" if deadline.cancelled_caught else "succeeded"
-        return None, deadline.cancelled_caught, time.monotonic() - started
+            timed_out = False
+        else:
+            with anyio.move_on_after(policy.timeout) as deadline:
+                await task.invoke(threads, on_thread_end)
+            timed_out = deadline.cancelled_caught
+        outcome = "timed_out" if timed_out else "succeeded"
+        return None, timed_out, time.monotonic() - started
     except asyncio.CancelledError as cancelled:
         if _cancelled_from_outside():
             emit("abandoned", task, run, attempt=attempt, duration=time.monotonic() - started)

@@ -23,6 +23,10 @@ class Watch(Protocol):
 
 
 class Instrument(Protocol):
+    def active(self) -> bool:
+        """Whether it records anything now: tracing without an SDK set up does not, and then
+        costs a task nothing."""
+
     def attempt(self, task: NamedTask, run: Run, attempt: int) -> Watch:
         """An attempt of `task` starts now, in the context the task runs in."""
 

@@ -44,6 +44,9 @@ class _Family:
         self.dead_letters = Counter(
             "esm_tasks_dead_letters", "Queued runs kept as dead letters", registry=registry
         )
+        # Labelled children, by their labels: the label lookup takes a lock each time.
+        self.series: dict[tuple[str, str], _Series] = {}
+        self.start_delays: dict[str, Any] = {}
 
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, _Family] = weakref.WeakKeyDictionary()
@@ -61,12 +64,21 @@ class Metrics:
             family = _families[registry] = _Family(registry)
         self.family = family
 
+    def active(self) -> bool:
+        return True
+
     def attempt(self, task: NamedTask, run: Run, attempt: int) -> _Timing:
         family = self.family
         family.in_flight.inc()
         if attempt == 1:
-            family.start_delay.labels(run.route).observe(time.monotonic() - run.sent_at)
-        return _Timing(family, task.name, run.route)
+            delay = family.start_delays.get(run.route)
+            if delay is None:
+                delay = family.start_delays[run.route] = family.start_delay.labels(run.route)
+            delay.observe(time.monotonic() - run.sent_at)
+        series = family.series.get((task.name, run.route))
+        if series is None:
+            series = family.series[task.name, run.route] = _Series(family, task.name, run.route)
+        return _Timing(family, series)
 
     def inject(self, carrier: dict[str, str]) -> None:
         return None
@@ -78,18 +90,37 @@ class Metrics:
         self.family.dead_letters.inc()
 
 
-class _Timing:
-    __slots__ = ("family", "route", "started", "task")
+class _Series:
+    """One task's metrics on one route, looked up by their labels once."""
+
+    __slots__ = ("duration", "family", "outcomes", "route", "task")
 
     def __init__(self, family: _Family, task: str, route: str) -> None:
         self.family = family
         self.task = task
         self.route = route
+        self.duration = family.duration.labels(task, route)
+        self.outcomes: dict[str, Any] = {}
+
+    def ended(self, outcome: str) -> None:
+        counter = self.outcomes.get(outcome)
+        if counter is None:
+            counter = self.outcomes[outcome] = self.family.tasks.labels(
+                self.task, self.route, outcome
+            )
+        counter.inc()
+
+
+class _Timing:
+    __slots__ = ("family", "series", "started")
+
+    def __init__(self, family: _Family, series: _Series) -> None:
+        self.family = family
+        self.series = series
         self.started = time.perf_counter()
 
     def end(self, outcome: Outcome, error: BaseException | None, retrying: bool) -> None:
-        family = self.family
-        family.in_flight.dec()
-        family.duration.labels(self.task, self.route).observe(time.perf_counter() - self.started)
+        self.family.in_flight.dec()
+        self.series.duration.observe(time.perf_counter() - self.started)
         if not retrying:
-            family.tasks.labels(self.task, self.route, outcome).inc()
+            self.series.ended(outcome)

@@ -61,13 +61,9 @@ class Settings:
         self.detaching = False  # whether runs are detached now: in detach mode, while the app runs
         self.backend = backend  # a queue's destination, which takes every run
         self.instruments = instruments  # tracing, metrics: told of every attempt
-        # Nothing to do around a task with the default policy but call it.
-        self.simple = (
-            task_limiter is None
-            and thread_limiter is None
-            and on_task_event is None
-            and not instruments
-        )
+        # Nothing to do around a task with the default policy but call it (unless an
+        # instrument is active: see Run).
+        self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
 
 
 DEFAULT_SETTINGS = Settings()
@@ -127,7 +123,12 @@ class Run:
         self.error = error
         self.here = False  # runs in this process even with a queue backend: it would not take it
         # Whether a task with the default policy may skip the clock and the events.
-        self.simple = settings.simple and not failed and not logger.isEnabledFor(logging.DEBUG)
+        self.simple = (
+            settings.simple
+            and not failed
+            and not logger.isEnabledFor(logging.DEBUG)
+            and not any(instrument.active() for instrument in settings.instruments)
+        )
 
     @property
     def request_id(self) -> str:

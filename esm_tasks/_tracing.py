@@ -26,6 +26,10 @@ class Tracing:
     def __init__(self, *, link: bool = False) -> None:
         self.link = link
 
+    def active(self) -> bool:
+        # Until an SDK's provider is set, the API's own only makes spans that record nothing.
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
     def attempt(self, task: NamedTask, run: Run, attempt: int) -> _SpanWatch:
         parent: Context | None = run.trace_parent  # type: ignore[assignment]
         attributes: dict[str, str | int] = {

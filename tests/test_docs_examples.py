@@ -347,3 +347,16 @@ async def test_idempotency() -> None:
     assert first != second
     with pytest.raises(RuntimeError, match="a task that esm_tasks runs"):
         module.idempotency_key()  # outside a task
+
+
+async def test_observability() -> None:
+    module = example("observability")
+    async with TestClient(module.app) as http:
+        await http.post("/users/ada@example.com")
+        exposed = (await http.get("/metrics")).text
+    assert module.sent == ["ada@example.com"]
+    assert (
+        'esm_tasks_tasks_total{outcome="succeeded",route="/users/{email}",task="send_welcome"} 1.0'
+        in exposed
+    )
+    assert "esm_tasks_task_duration_seconds_bucket" in exposed
