@@ -226,7 +226,9 @@ def report(
         elif server_pid in pids:
             twice["its send timed out as the broker took it: ran here and on a worker"] += 1
         elif any(down_from - 5 <= at <= down_to for _, at in runs):
-            twice["it ran as the broker stopped: its acknowledgement was lost"] += 1
+            # RabbitMQ: the acknowledgement went with the connection. Redis: the heartbeat
+            # could not reach it for `claim_after`, and another worker took the run.
+            twice["it ran as the broker stopped, which took it back"] += 1
         elif any((request, earlier) in repeated for earlier in TASKS[: TASKS.index(task)]):
             twice["an earlier step ran twice, and each time sent the rest of the run on"] += 1
         else:
