@@ -27,7 +27,7 @@ from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.testing import TestClient
 
 from . import queue_app
-from .support import serve
+from .support import lifespan, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -292,3 +292,58 @@ def test_tracing_false_imports_no_opentelemetry() -> None:
         "assert 'opentelemetry' not in sys.modules, 'imported'\n"
     )
     assert done.returncode == 0, done.stderr
+
+
+class _KeepingBroker(InMemoryBroker):
+    """An in-memory broker with a dead-letter place, as esm_tasks' RabbitMQ and Redis have."""
+
+    def __init__(self) -> None:
+        super().__init__(await_inplace=True)
+        self.dead: list[tuple[bytes, str]] = []
+
+    async def dead_letter(self, data: bytes, reason: str) -> None:
+        self.dead.append((data, reason))
+
+    async def dead_letters(self) -> list[object]:
+        return []
+
+    async def requeue(self, letters: list[object]) -> None:
+        return None
+
+
+async def test_metrics_count_dead_letters() -> None:
+    registry = CollectorRegistry()
+    broker = _KeepingBroker()
+    App(
+        routes=[queue_app.create_order],
+        task_backend=TaskiqBackend(broker),
+        metrics=registry,
+        tracing=False,
+    )
+    forged = {
+        "run_id": "f1",
+        "method": "POST",
+        "path": "/orders/1",
+        "request_id": "forged",
+        "failed": None,
+        "steps": [{"kind": "task", "function": "os:system", "args": ["true"]}],
+    }
+    task = broker.find_task("esm_tasks.run")
+    assert task is not None
+    await task.kiq(forged)
+    assert len(broker.dead) == 1
+    assert _sample(registry, "esm_tasks_dead_letters_total") == 1
+
+
+@pytest.mark.parametrize("detach", [False, True])
+async def test_a_detached_run_is_in_the_request_trace_too(
+    detach: bool, spans: InMemorySpanExporter
+) -> None:
+    served = app(detach_tasks=detach)
+    async with lifespan(served), TestClient(served) as http:  # detached while it runs
+        await http.post("/users/2")
+    named = by_name(spans.get_finished_spans())
+    [request] = named["HTTP POST"]
+    tasks = named["task declared"] + named["task added"]
+    assert len(tasks) == 4
+    assert {span.parent.span_id for span in tasks if span.parent} == {request.context.span_id}
