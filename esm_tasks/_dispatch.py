@@ -57,8 +57,11 @@ class QueueBackend(Destination, Protocol):
     def check(self, steps: Steps, where: str) -> None:
         """Raise TypeError, naming the task and `where`, unless the steps can be sent."""
 
-    async def send(self, steps: Steps, run: Run) -> bool:
-        """Hand the run to the broker; False, with a WARNING, if it does not take it in time."""
+    async def send(
+        self, steps: Steps, run: Run, context: contextvars.Context | None = None
+    ) -> bool:
+        """Hand the run to the broker; False, with a WARNING, if it does not take it in time.
+        `context`: the request's, when the run was handed over (its trace goes along)."""
 
     async def startup(self) -> None: ...
 

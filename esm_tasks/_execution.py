@@ -24,8 +24,8 @@ import anyio.to_thread
 from lilya.background import Task
 from lilya.types import Scope
 
-from ._events import EventKind, TaskEvent, emit, report_failure
-from ._instruments import Outcome
+from ._events import EventKind, TaskEvent, emit, logger, report_failure
+from ._instruments import Instrument, Outcome, Watch
 from ._policy import DEFAULT_POLICY, TaskPolicy
 from ._run import DEFAULT_SETTINGS, Run, settings_of
 
@@ -239,7 +239,7 @@ async def _attempt(
     )
     # With a pool of the app's own, the slot is held already: no limit on the thread itself.
     threads = _UNBOUNDED if in_thread and settings.thread_limiter is not None else None
-    watches = [i.attempt(task, run, attempt) for i in settings.instruments if i.active()]
+    watches = _watch(settings.instruments, task, run, attempt) if settings.instruments else ()
     outcome: Outcome = "abandoned"
     raised: BaseException | None = None
     started = time.monotonic()
@@ -268,7 +268,25 @@ async def _attempt(
         if watches:
             retrying = outcome in ("failed", "timed_out") and attempt <= policy.retries
             for watch in reversed(watches):
-                watch.end(outcome, raised, retrying)
+                try:
+                    watch.end(outcome, raised, retrying)
+                except Exception:  # an exporter's bug is not the task's failure
+                    logger.exception("an instrument failed as task %s ended", task.name)
+
+
+def _watch(
+    instruments: Sequence[Instrument], task: NamedTask, run: Run, attempt: int
+) -> list[Watch]:
+    """The active instruments' watches on an attempt; one that fails is logged and left out,
+    as an exporter's bug must not fail the task, nor keep the slots it holds."""
+    watches = []
+    for instrument in instruments:
+        try:
+            if instrument.active():
+                watches.append(instrument.attempt(task, run, attempt))
+        except Exception:
+            logger.exception("an instrument failed as task %s started", task.name)
+    return watches
 
 
 _UNBOUNDED = anyio.CapacityLimiter(math.inf)

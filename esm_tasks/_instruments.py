@@ -49,9 +49,12 @@ def instruments(
         )
     found: list[Instrument] = []
     if tracing and importlib.util.find_spec("opentelemetry") is not None:
-        from ._tracing import Tracing
-
-        found.append(Tracing(link=task_span_parent == "link"))
+        try:
+            from ._tracing import Tracing
+        except ImportError:  # the namespace without the API (opentelemetry-proto alone)
+            pass
+        else:
+            found.append(Tracing(link=task_span_parent == "link"))
     if metrics is not False and metrics is not None:
         try:
             from ._metrics import Metrics

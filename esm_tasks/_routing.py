@@ -251,7 +251,7 @@ class _Endpoint:
     ) -> Run:
         run = Run(scope, settings, failed, exits, error)
         run.route = self.route.path
-        if settings.instruments:  # they say where each task came from
+        if settings.instruments and not run.simple:  # an active one says where each came from
             run.sources = sources_by_task(self._labelled(scope, steps))
         return run
 

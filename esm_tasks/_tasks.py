@@ -256,7 +256,11 @@ class BackgroundTasks(Tasks):
         return self.tasks
 
     def add_task(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
-        """Append one call of `func(*args, **kwargs)`."""
+        """Append one call of `func(*args, **kwargs)`; a `BackgroundTask` or a
+        `BackgroundTasks` given alone is appended as it is, with its policy or its group."""
+        if isinstance(func, (BackgroundTask, BackgroundTasks)) and not args and not kwargs:
+            self.tasks.append(func)
+            return
         self.tasks.append(BackgroundTask(func, *args, **kwargs))
 
     async def __call__(self) -> None:

@@ -3,6 +3,8 @@ scheduled it. Imported only when opentelemetry-api is installed and the App trac
 
 from __future__ import annotations
 
+import math
+import time
 from typing import TYPE_CHECKING
 
 from opentelemetry import context, propagate, trace
@@ -25,10 +27,18 @@ class Tracing:
 
     def __init__(self, *, link: bool = False) -> None:
         self.link = link
+        self._active = False
+        self._looked = -math.inf
 
     def active(self) -> bool:
         # Until an SDK's provider is set, the API's own only makes spans that record nothing.
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        # Looked up at most once a second (it reads the environment each time), and once
+        # set, it stays: OpenTelemetry takes one provider per process.
+        if not self._active and time.monotonic() - self._looked > 1.0:
+            self._looked = time.monotonic()
+            provider = trace.get_tracer_provider()
+            self._active = not isinstance(provider, trace.ProxyTracerProvider)
+        return self._active
 
     def attempt(self, task: NamedTask, run: Run, attempt: int) -> _SpanWatch:
         parent: Context | None = run.trace_parent  # type: ignore[assignment]

@@ -72,14 +72,39 @@ class RunMessage(BaseModel):
     # of its own after each step, so that a redelivery starts at the first unfinished one.
     first_step: int = 0
     route: str = "-"  # the route's template
-    sent_at: float = 0.0  # when this message was sent (seconds since the epoch)
+    sent_at: float = 0.0  # when this message was sent (seconds since the epoch), if measured
     trace: dict[str, str] = {}  # the request's trace context (W3C traceparent), if traced
 
     def rest(self) -> RunMessage | None:
         """The message for the steps after the first, or None if there are none."""
         if len(self.steps) < 2:
             return None
-        return self.model_copy(update={"steps": self.steps[1:], "first_step": self.first_step + 1})
+        return self.model_copy(
+            update={
+                "steps": self.steps[1:],
+                "first_step": self.first_step + 1,
+                # Its own time in the queue starts now, if the run's is measured.
+                "sent_at": time.time() if self.sent_at else 0.0,
+            }
+        )
+
+    def wire(self) -> dict[str, Any]:
+        """The message as JSON data, without the fields that checkpoints, tracing and metrics
+        added while they are unused: what a worker of the version before them reads too."""
+        data = self.model_dump(mode="json")
+        for name, unused in (("first_step", 0), ("route", "-"), ("sent_at", 0.0), ("trace", {})):
+            if data[name] == unused:
+                del data[name]
+        _drop_unused_sources(data["steps"])
+        return data
+
+
+def _drop_unused_sources(steps: list[dict[str, Any]]) -> None:
+    for step in steps:
+        if step["kind"] == "group":
+            _drop_unused_sources(step["steps"])
+        elif step["source"] is None:
+            del step["source"]
 
 
 def import_path(func: object, where: str) -> str:
@@ -118,7 +143,8 @@ def resolve(path: str) -> Callable[..., Any]:
 def encode(steps: Iterable[Task], run: Run, where: str) -> RunMessage:
     """The message for a run; TypeError, naming the task and `where`, for what cannot go."""
     trace: dict[str, str] = {}
-    for instrument in run.settings.instruments:
+    active = [i for i in run.settings.instruments if i.active()]
+    for instrument in active:
         instrument.inject(trace)
     return RunMessage(
         run_id=run.run_id,
@@ -127,8 +153,8 @@ def encode(steps: Iterable[Task], run: Run, where: str) -> RunMessage:
         request_id=run.request_id,
         failed=run.failed,
         steps=[_step(step, run, where) for step in _flat(steps)],
-        route=run.route,
-        sent_at=time.time(),
+        route=run.route if active else "-",  # for spans and metrics
+        sent_at=time.time() if active else 0.0,  # for the start delay
         trace=trace,
     )
 

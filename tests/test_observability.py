@@ -5,6 +5,7 @@ a prometheus-client registry of the test's own."""
 import asyncio
 import contextvars
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from lilya.contrib.opentelemetry.middleware import OpenTelemetryMiddleware
 from lilya.middleware import DefineMiddleware
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
@@ -27,7 +28,7 @@ from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.testing import TestClient
 
 from . import queue_app
-from .support import lifespan, serve
+from .support import Events, drive, lifespan, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -77,9 +78,14 @@ async def flaky_route(tasks: BackgroundTasks) -> None:
     tasks.add_task(BackgroundTask(slow).with_policy(timeout=0.01))
 
 
+@post("/fails", background=BackgroundTask(flaky, "on error").with_policy(when="error"))
+async def failing_route() -> None:
+    raise RuntimeError("the handler failed")
+
+
 def app(**options: object) -> App:
     return App(
-        routes=[create_user, flaky_route, Include("/v1", routes=[create_user])],
+        routes=[create_user, flaky_route, failing_route, Include("/v1", routes=[create_user])],
         background=BackgroundTask(declared, "app"),
         middleware=[DefineMiddleware(OpenTelemetryMiddleware)],
         **options,  # type: ignore[arg-type]
@@ -120,6 +126,7 @@ async def test_a_failed_attempt_is_an_error_and_a_retry_or_timeout_an_event(
     async with TestClient(app()) as http:
         await http.post("/flaky")
     named = by_name(spans.get_finished_spans())
+    assert sorted(named) == ["HTTP POST", "task declared", "task flaky", "task slow"]
     first, second = named["task flaky"]
     assert [dict(s.attributes or {})["esm_tasks.attempt"] for s in (first, second)] == [1, 2]
     for attempt in (first, second):
@@ -162,7 +169,11 @@ def test_over_uvicorn_the_tasks_are_in_the_request_trace(spans: InMemorySpanExpo
     [request] = named["HTTP POST"]
     tasks = named["task declared"] + named["task added"]
     assert len(tasks) == 4
-    assert {span.context.trace_id for span in tasks} == {request.context.trace_id}
+    for span in tasks:
+        assert span.parent is not None
+        assert span.parent.span_id == request.context.span_id
+        # The route's template as declared on it, within its Include.
+        assert dict(span.attributes or {})["http.route"] == "/users/{user_id:int}"
 
 
 class _Holding(InMemoryBroker):
@@ -346,4 +357,87 @@ async def test_a_detached_run_is_in_the_request_trace_too(
     [request] = named["HTTP POST"]
     tasks = named["task declared"] + named["task added"]
     assert len(tasks) == 4
-    assert {span.parent.span_id for span in tasks if span.parent} == {request.context.span_id}
+    assert [span.parent.span_id if span.parent else None for span in tasks] == [
+        request.context.span_id
+    ] * 4
+
+
+class _Broken(SpanExporter):
+    """An exporter with a bug: it raises on every span."""
+
+    def export(self, spans: object) -> SpanExportResult:
+        raise RuntimeError("the exporter broke")
+
+
+class _BrokenOnStart(SimpleSpanProcessor):
+    def on_start(self, span: object, parent_context: object = None) -> None:
+        raise RuntimeError("the span processor broke")
+
+
+async def test_an_instrument_that_fails_fails_no_task(task_log: list[logging.LogRecord]) -> None:
+    """The SDK does not catch a span processor's errors: esm_tasks does, logs them, and the
+    tasks run, and give their slots back."""
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(_BrokenOnStart(_Broken()))
+    try:
+        ran.clear()
+        plain = App(  # no request span: that processor would fail Lilya's middleware too
+            routes=[create_user],
+            background=BackgroundTask(declared, "app"),
+            max_concurrent_tasks=1,
+        )
+        async with TestClient(plain) as http:
+            await http.post("/users/1")
+            await http.post("/users/2")  # a slot kept by the first would hang this one
+    finally:
+        provider._active_span_processor._span_processors = tuple(  # type: ignore[attr-defined]
+            p
+            for p in provider._active_span_processor._span_processors  # type: ignore[attr-defined]
+            if not isinstance(p, _BrokenOnStart)
+        )
+    assert len(ran) == 8
+    errors = [r.getMessage() for r in task_log if r.levelno == logging.ERROR]
+    assert any("an instrument failed as task declared started" in text for text in errors)
+
+
+async def test_a_failed_requests_queued_run_is_in_its_trace(spans: InMemorySpanExporter) -> None:
+    """Handed over in the request's trace, sent after the 500 left the tracing middleware."""
+    broker = _Holding()
+    failing = App(
+        routes=[failing_route],
+        task_backend=TaskiqBackend(broker),
+        middleware=[DefineMiddleware(OpenTelemetryMiddleware)],
+    )
+    with pytest.raises(RuntimeError):
+        await drive(failing, "POST", "/fails", Events())
+    [request] = by_name(spans.get_finished_spans())["HTTP POST"]
+    [message] = broker.held
+    traceparent = json.loads(message.message)["args"][0]["trace"]["traceparent"]
+    assert traceparent.split("-")[1] == format(request.context.trace_id, "032x")
+
+
+async def pause(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+@post("/two-steps", background=[BackgroundTask(pause, 0.3), BackgroundTask(declared, "after")])
+async def two_steps() -> None: ...
+
+
+async def test_a_queued_steps_start_delay_is_its_own_time_in_the_queue() -> None:
+    """Each step after the first waits in the queue as a message of its own: its start delay
+    counts from when that message was sent, not from the request."""
+    registry = CollectorRegistry()
+    broker = _Holding()
+    queued = App(
+        routes=[two_steps], task_backend=TaskiqBackend(broker), metrics=registry, tracing=False
+    )
+    async with TestClient(queued) as http:
+        await http.post("/two-steps")
+    while broker.held:  # each message taken as soon as it is sent
+        await InMemoryBroker.kick(broker, broker.held.pop(0))
+    delays = "esm_tasks_task_start_delay_seconds"
+    assert _sample(registry, f"{delays}_count", route="/two-steps") == 2
+    # The first step's 0.3 s is not in the second step's delay.
+    assert _sample(registry, f"{delays}_sum", route="/two-steps") < 0.25

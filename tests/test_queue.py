@@ -6,6 +6,7 @@ process, through the same backend a real broker uses.
 
 import datetime
 import decimal
+import json
 import logging
 import subprocess
 import sys
@@ -390,3 +391,32 @@ async def test_a_message_that_starts_mid_run_keeps_the_runs_keys() -> None:
     assert task is not None
     await task.kiq(rest)
     assert _keys() == [("third", "r1:2"), ("fourth", "r1:3")]
+
+
+class _Holding(InMemoryBroker):
+    """Keeps what is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(await_inplace=True)
+        self.held: list[BrokerMessage] = []
+
+    async def kick(self, message: BrokerMessage) -> None:
+        self.held.append(message)
+
+
+async def test_without_tracing_or_metrics_a_message_is_as_the_version_before_them() -> None:
+    """A worker of the version before tracing and metrics still reads what is sent, as
+    long as they are not in use: upgrade workers first, then the serving processes."""
+    broker = _Holding()
+    app = App(
+        routes=[queue_app.create_order],
+        task_backend=TaskiqBackend(broker),
+        queue_tasks=queue_app.RUN_TIME,
+        tracing=False,
+    )
+    async with TestClient(app) as http:
+        await http.post("/orders/1")
+    [message] = broker.held
+    run = json.loads(message.message)["args"][0]
+    assert set(run) == {"run_id", "method", "path", "request_id", "failed", "steps"}
+    assert all("source" not in step for step in run["steps"])

@@ -167,19 +167,26 @@ class TaskiqBackend:
         return self._send(steps, run, context)
 
     async def _send(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
-        if not await self.send(steps, run):
+        if not await self.send(steps, run, context):
             await IN_REQUEST.take(steps, run, context)  # nothing is lost while this process lives
         elif run.exits is not None:
             await run.release()  # the worker cannot use what the request opened: it closes now
 
-    async def send(self, steps: Steps, run: Run) -> bool:
+    async def send(
+        self, steps: Steps, run: Run, context: contextvars.Context | None = None
+    ) -> bool:
         where = f"{run.method} {run.path} [request {run.request_id}]"
         try:
-            message = self._encode(steps, run, f"{run.method} {run.path}")
+            # Encoded in the request's context, when handed over: its trace goes along.
+            request = f"{run.method} {run.path}"
+            if context is None:
+                message = self._encode(steps, run, request)
+            else:
+                message = context.run(self._encode, steps, run, request)
             if not self._connected:
                 await self._connect()  # unreachable when the app started: try again
             async with _within(self.send_timeout):
-                await self._task.kiq(message.model_dump(mode="json"))
+                await self._task.kiq(message.wire())
         except TypeError:  # checked when the handler returned; a failed request's run was not
             logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
             return False
@@ -221,7 +228,7 @@ class TaskiqBackend:
         # acknowledged, so that a worker that dies from now on costs at most the step it was in.
         try:
             async with _within(self.send_timeout):
-                await self._task.kiq(rest.model_dump(mode="json"))
+                await self._task.kiq(rest.wire())
         except Exception as error:
             where = f"{message.method} {message.path} [request {message.request_id}]"
             logger.warning(
