@@ -21,7 +21,7 @@ from ._events import TaskEvent
 from ._instruments import instruments
 from ._lifecycle import Tracker, serve_lifespan
 from ._routing import TaskRoute
-from ._run import DEFERRED, LAYERS, SETTINGS, Settings
+from ._run import DEFERRED, LAYERS, PREFIX, SETTINGS, Settings
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 
@@ -245,4 +245,6 @@ class Include(LilyaInclude):
         match, child_scope = super().handle_match(scope, *args, **kwargs)
         if self.background:
             child_scope[LAYERS] = scope.get(LAYERS, ()) + self.background
+        # The template of the path so far, for spans and metrics (never the raw path).
+        child_scope[PREFIX] = scope.get(PREFIX, "") + self.path.rstrip("/")
         return match, child_scope

@@ -26,7 +26,7 @@ from ._responses import (
     SendWatch,
     respond,
 )
-from ._run import DEFERRED, LAYERS, Run, Settings, close, settings_of
+from ._run import DEFERRED, LAYERS, PREFIX, Run, Settings, close, settings_of
 from ._tasks import BackgroundSpec, task_name, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
@@ -250,7 +250,7 @@ class _Endpoint:
         error: BaseException | None = None,
     ) -> Run:
         run = Run(scope, settings, failed, exits, error)
-        run.route = self.route.path
+        run.route = scope.get(PREFIX, "") + self.route.path
         if settings.instruments and not run.simple:  # an active one says where each came from
             run.sources = sources_by_task(self._labelled(scope, steps))
         return run

@@ -172,8 +172,8 @@ def test_over_uvicorn_the_tasks_are_in_the_request_trace(spans: InMemorySpanExpo
     for span in tasks:
         assert span.parent is not None
         assert span.parent.span_id == request.context.span_id
-        # The route's template as declared on it, within its Include.
-        assert dict(span.attributes or {})["http.route"] == "/users/{user_id:int}"
+        # The whole template: the Include's prefix, then the route's own.
+        assert dict(span.attributes or {})["http.route"] == "/v1/users/{user_id:int}"
 
 
 class _Holding(InMemoryBroker):
@@ -441,3 +441,22 @@ async def test_a_queued_steps_start_delay_is_its_own_time_in_the_queue() -> None
     assert _sample(registry, f"{delays}_count", route="/two-steps") == 2
     # The first step's 0.3 s is not in the second step's delay.
     assert _sample(registry, f"{delays}_sum", route="/two-steps") < 0.25
+
+
+@post("/items/{item_id}", background=BackgroundTask(declared, "item"))
+async def create_item(item_id: str) -> None: ...
+
+
+async def test_a_route_in_an_include_with_parameters_is_labelled_by_its_whole_template() -> None:
+    registry = CollectorRegistry()
+    nested = App(
+        routes=[Include("/tenants/{tenant}", routes=[create_item])],
+        metrics=registry,
+        tracing=False,
+    )
+    async with TestClient(nested) as http:
+        for tenant in ("a", "b", "c"):
+            await http.post(f"/tenants/{tenant}/items/1")
+    route = "/tenants/{tenant}/items/{item_id}"
+    total = "esm_tasks_tasks_total"
+    assert _sample(registry, total, task="declared", route=route, outcome="succeeded") == 3
