@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from opentelemetry.util._once import Once
 from prometheus_client import CollectorRegistry
 from taskiq import InMemoryBroker
 from taskiq.message import BrokerMessage
@@ -35,13 +36,22 @@ pytestmark = pytest.mark.anyio
 EXPORTER = InMemorySpanExporter()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> Iterator[None]:
+    """The SDK, for this module's tests only: OpenTelemetry takes one provider per process,
+    so it is unset after them as OpenTelemetry's own test utilities do, and the other
+    modules' apps run without one, on the path that records nothing."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)
+    yield
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+
+
 @pytest.fixture(autouse=True)
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The SDK, set once for the process (OpenTelemetry allows one provider), emptied each test."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-        trace.set_tracer_provider(provider)
+    """The spans each test's apps finish, and only those."""
     EXPORTER.clear()
     yield EXPORTER
     EXPORTER.clear()
