@@ -150,11 +150,10 @@ class App(Lilya):
             scope[LAYERS] = (layers or ()) + settings.background
         # Mounted in another App, this one's tasks are one more layer; the rest, the handover
         # included, is the outer's.
-        handover = None if SETTINGS in scope else Handover(send)
+        handover = None if SETTINGS in scope else Handover()
         if handover is not None:
             scope[SETTINGS] = settings
             scope[DEFERRED] = handover
-            send = handover.send_and_watch
         cancelled = False
         try:
             await super().__call__(scope, receive, send)
@@ -169,7 +168,7 @@ class App(Lilya):
                 scope[LAYERS] = layers
             if handover is not None:
                 del scope[SETTINGS], scope[DEFERRED]
-                if handover.runs:  # no body left the App (the client left, or the app raised)
+                if handover.runs:  # the response is out, and the layers have returned
                     await handover.close(cancelled)
 
 

@@ -13,7 +13,6 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
-from lilya.types import Message, Send
 
 from ._execution import (
     abandon,
@@ -151,50 +150,44 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
     Each runs with the context variables it was handed over with, so its tasks see what
     the request's middleware had set, though that middleware has returned.
     """
-    for index, (steps, run, context) in enumerate(runs):
+    index = 0  # counted by hand: an iterator would be one more object alive per run
+    while index < len(runs):
+        steps, run, context = runs[index]
+        index += 1
         try:
-            await destination_of(run).take(steps, run, context)
+            destination = destination_of(run)
+            if destination is IN_REQUEST:  # the usual run: no frame of ours more around it
+                taken = _take_on(context)
+                try:
+                    await run_steps(steps, run)
+                finally:
+                    for var, token in reversed(taken):
+                        var.reset(token)
+            else:
+                await destination.take(steps, run, context)
         except BaseException:
-            await abandon_runs(runs[index + 1 :])  # cancelled: they will never start
+            await abandon_runs(runs[index:])  # cancelled: they will never start
             raise
 
 
 class Handover:
-    """In an App, where a request's run waits until the response has left the App.
+    """In an App, where a request's run waits until the App's own call is about to return.
 
-    A middleware may hold the response back until the route returns, to rewrite or sign
-    it; the route then hands over before the body is out, and the run waits here until
-    the App passes the last body message to the server, and starts right after, in the
-    middleware's own call. If no body goes out (the client left, the app raised), the
-    run starts when the App's call ends.
+    The response has left the App by then, whatever the middleware around the route did
+    with it, and the route's frames and the App's layers' are gone: a run waiting on a slow
+    task keeps alive only the App's call, not the whole chain that served the request. It
+    runs with the context variables of the route that handed it over.
     """
 
-    __slots__ = ("out", "runs", "send")
+    __slots__ = ("runs",)
 
-    def __init__(self, send: Send) -> None:
-        self.send = send  # the App's own: what it passes on has left the App
-        self.out = False  # whether the last body message has left the App
+    def __init__(self) -> None:
         self.runs: list[Deferred] = []
 
-    def send_and_watch(self, message: Message) -> Awaitable[None]:
-        """The App's layers' `send`. Only the last body message costs a frame of ours."""
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            return self._send_last(message)
-        return self.send(message)
-
-    async def _send_last(self, message: Message) -> None:
-        await self.send(message)
-        self.out = True
-        if self.runs:
-            runs, self.runs = self.runs, []
-            await start_deferred(runs)
-
-    async def close(self, cancelled: bool) -> None:
-        runs, self.runs = self.runs, []
-        if cancelled:
-            await abandon_runs(runs)
-        elif runs:
-            await start_deferred(runs)
+    def close(self, cancelled: bool) -> Awaitable[None]:
+        """Start the runs, or if the request was cancelled, report them abandoned. Once: the
+        App calls it as its call ends, when nothing can hand over to it any more."""
+        return abandon_runs(self.runs) if cancelled else start_deferred(self.runs)
 
 
 def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contextvars.Token[Any]]]:

@@ -65,19 +65,28 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
     """Run one request's merged steps in order, after its response was sent."""
     token = current_run.set(run)
     # A run started inside a task (an app called in-process) numbers its own steps.
-    at = position.set(())
+    at = position.set(()) if position.get() else None
     tracker = run.settings.tracker
     if tracker is not None:
         tracker.add(run)
     try:
-        await run_in_order(steps)
+        step = steps[0] if len(steps) == 1 else None
+        if step is not None and is_task(step):
+            # One task, the usual case: no step loop and no call of the task around it, which
+            # would stay alive, and be walked by every collection, while it runs. Its key's
+            # step is the run's next (see idempotency_key).
+            await run_isolated(step, run)
+            run.next_step += 1
+        else:
+            await run_in_order(steps)
     except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
         run.error = run.error or cancelled  # its dependencies are told: no commit
         raise
     finally:
         if run.exits is not None:
             await run.release()
-        position.reset(at)
+        if at is not None:
+            position.reset(at)
         current_run.reset(token)
         if tracker is not None:
             tracker.discard(run)

@@ -185,9 +185,7 @@ class _Endpoint:
             # after them, told of the error.
             steps = merge(declared, tasks, None)
             if steps:
-                await self.hand_over(
-                    scope, settings, steps, True, sent=False, exits=exits, error=error
-                )
+                await self.hand_over(scope, settings, steps, True, exits=exits, error=error)
             elif exits is not None:
                 await close(exits, error, route.where)
             raise
@@ -211,16 +209,13 @@ class _Endpoint:
         steps: tuple[Task, ...],
         failed: bool,
         *,
-        sent: bool = True,
         exits: contextlib.AsyncExitStack | None = None,
         error: BaseException | None = None,
         here: str | None = None,
     ) -> None:
-        """Give the merged steps to whoever runs them: a test; in an App, once the response
-        has left it, a task of their own or this call; without an App, this call.
+        """Give the merged steps to whoever runs them: a test; in an App, its `Handover`, which
+        starts them as the App's call returns; without an App, this call.
 
-        `sent`: whether the route's response is out (a failed handler's is sent by the
-        layers around it). See `Handover` for a response held back on its way out.
         `exits`: the request's dependencies, cleaned up when the run ends, told of `error`.
         `here`: run in this process, even with a queue backend, which did not take the run
         sent with this run id (a late broker may run it too: its keys are the same).
@@ -235,7 +230,7 @@ class _Endpoint:
             if watcher.capture:
                 return
         handover = scope.get(DEFERRED)
-        if handover is not None and not (sent and handover.out):
+        if handover is not None:
             handover.runs.append((steps, run, contextvars.copy_context()))
         else:
             await destination_of(run).take(steps, run, None)
