@@ -3,6 +3,14 @@
 import asyncio
 
 import anyio
+import fastapi
+import litestar
+import litestar.background_tasks as litestar_tasks
+import starlette.applications
+import starlette.background
+import starlette.responses
+import starlette.routing
+from lilya import background as lilya_background
 from lilya.apps import Lilya
 from lilya.responses import JSONResponse
 from lilya.routing import Path
@@ -47,3 +55,56 @@ async def floor_slow() -> JSONResponse:
 
 
 floor = Lilya(routes=[Path("/fast", floor_fast), Path("/slow", floor_slow)])
+
+
+# The peers, each with the same two routes and its own background-task mechanism.
+async def _starlette_fast(request: object) -> starlette.responses.JSONResponse:
+    return starlette.responses.JSONResponse({"ok": True})
+
+
+async def _starlette_slow(request: object) -> starlette.responses.JSONResponse:
+    background = starlette.background.BackgroundTask(slow_task)
+    return starlette.responses.JSONResponse({"ok": True}, background=background)
+
+
+starlette_app = starlette.applications.Starlette(
+    routes=[
+        starlette.routing.Route("/fast", _starlette_fast),
+        starlette.routing.Route("/slow", _starlette_slow),
+    ]
+)
+
+fastapi_app = fastapi.FastAPI(openapi_url=None)
+
+
+@fastapi_app.get("/fast")
+async def _fastapi_fast() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@fastapi_app.get("/slow")
+async def _fastapi_slow(tasks: fastapi.BackgroundTasks) -> dict[str, bool]:
+    tasks.add_task(slow_task)
+    return {"ok": True}
+
+
+@litestar.get("/fast")
+async def _litestar_fast() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@litestar.get("/slow", background=litestar_tasks.BackgroundTask(slow_task))
+async def _litestar_slow() -> dict[str, bool]:
+    return {"ok": True}
+
+
+litestar_app = litestar.Litestar(
+    route_handlers=[_litestar_fast, _litestar_slow], logging_config=None
+)
+
+
+async def _lilya_slow() -> JSONResponse:
+    return JSONResponse({"ok": True}, background=lilya_background.Task(slow_task))
+
+
+lilya_app = Lilya(routes=[Path("/fast", floor_fast), Path("/slow", _lilya_slow)])
