@@ -73,9 +73,13 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
         step = steps[0] if len(steps) == 1 else None
         if step is not None and is_task(step):
             # One task, the usual case: no step loop and no call of the task around it, which
-            # would stay alive, and be walked by every collection, while it runs. Its key's
-            # step is the run's next (see idempotency_key).
-            await run_isolated(step, run)
+            # would stay alive, and be walked by every collection, while it runs. It is the
+            # run's next step, for its key and those of tasks it awaits itself.
+            at_step = position.set((run.next_step,))
+            try:
+                await run_isolated(step, run)
+            finally:
+                position.reset(at_step)
             run.next_step += 1
         else:
             await run_in_order(steps)
