@@ -154,11 +154,11 @@ class App(Lilya):
         if handover is not None:
             scope[SETTINGS] = settings
             scope[DEFERRED] = handover
-        cancelled = False
+        cancelled: BaseException | None = None
         try:
             await super().__call__(scope, receive, send)
-        except asyncio.CancelledError:
-            cancelled = True  # the server ends the request: its runs will not start
+        except asyncio.CancelledError as error:
+            cancelled = error  # the server ends the request: its runs will not start
             raise
         finally:
             # The scope leaves as it came, should it go on to another app after this one.

@@ -168,8 +168,8 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
                         var.reset(token)
             else:
                 await destination.take(steps, run, context)
-        except BaseException:
-            await abandon_runs(runs[index:])  # cancelled: they will never start
+        except BaseException as cancelled:
+            await abandon_runs(runs[index:], cancelled)  # they will never start
             raise
 
 
@@ -187,10 +187,12 @@ class Handover:
     def __init__(self) -> None:
         self.runs: list[Deferred] = []
 
-    def close(self, cancelled: bool) -> Awaitable[None]:
-        """Start the runs, or if the request was cancelled, report them abandoned. Once: the
+    def close(self, cancelled: BaseException | None) -> Awaitable[None]:
+        """Start the runs, or if the request was `cancelled`, report them abandoned. Once: the
         App calls it as its call ends, when nothing can hand over to it any more."""
-        return abandon_runs(self.runs) if cancelled else start_deferred(self.runs)
+        if cancelled is not None:
+            return abandon_runs(self.runs, cancelled)
+        return start_deferred(self.runs)
 
 
 def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contextvars.Token[Any]]]:
@@ -205,9 +207,11 @@ def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contex
 _UNSET = object()
 
 
-async def abandon_runs(runs: Sequence[Deferred]) -> None:
-    """Report every task of runs that will never start, and clean up their requests."""
+async def abandon_runs(runs: Sequence[Deferred], cancelled: BaseException) -> None:
+    """Report every task of runs that will never start, and clean up their requests, whose
+    dependencies are told of the cancellation (no commit), as a cancelled run's are."""
     for steps, run, _ in runs:
         abandon(steps, run)
     for _, run, _ in runs:
+        run.error = run.error or cancelled
         await run.release()

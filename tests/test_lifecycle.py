@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 import anyio
 import pytest
@@ -12,7 +14,7 @@ from lilya.requests import Request
 from lilya.responses import PlainText
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from esm_tasks import App, BackgroundTask, BackgroundTasks, TaskEvent, get, post
+from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, TaskEvent, get, post
 from esm_tasks.testing import TestClient
 
 from .support import (
@@ -450,3 +452,39 @@ async def test_shutdown_lets_a_detached_task_finish_its_shielded_cleanup() -> No
             await client.post("/s")
             await running.wait()
     assert events == ["cleaned up"]
+
+
+seen_by_cleanup: list[str] = []
+
+
+async def transaction() -> AsyncIterator[str]:
+    """A dependency that commits only if nothing went wrong."""
+    try:
+        yield "tx"
+    except BaseException as error:
+        seen_by_cleanup.append(f"rolled back: {type(error).__name__}")
+        raise
+    else:
+        seen_by_cleanup.append("committed")
+
+
+async def test_a_cancelled_requests_dependencies_are_told_so_not_committed(
+    task_log: list[logging.LogRecord],
+) -> None:
+    """Its run never starts; the dependency's clean-up learns why, as a cancelled run's does."""
+    seen_by_cleanup.clear()
+    events = Events()
+    returned = anyio.Event()
+
+    @post("/tx", background=events.task("a"))
+    async def handler(tx: Annotated[str, Depends(transaction)]) -> None: ...
+
+    middleware = [DefineMiddleware(HoldsTheResponse, returned=returned)]
+    app = App(routes=[handler], middleware=middleware)
+    request = asyncio.ensure_future(drive(app, "POST", "/tx", events))
+    await returned.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert events == []
+    assert seen_by_cleanup == ["rolled back: CancelledError"]
