@@ -84,8 +84,7 @@ class InRequest:
         try:
             await run_steps(steps, run)
         finally:
-            for var, token in reversed(taken):
-                var.reset(token)
+            _put_back(taken)
 
 
 class Detached:
@@ -160,12 +159,12 @@ async def start_deferred(runs: Sequence[Deferred]) -> None:
         try:
             destination = destination_of(run)
             if destination is IN_REQUEST:  # the usual run: no frame of ours more around it
+                # What IN_REQUEST.take does, inlined: one coroutine less alive per run.
                 taken = _take_on(context)
                 try:
                     await run_steps(steps, run)
                 finally:
-                    for var, token in reversed(taken):
-                        var.reset(token)
+                    _put_back(taken)
             else:
                 await destination.take(steps, run, context)
         except BaseException as cancelled:
@@ -202,6 +201,12 @@ def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contex
     another context; the tokens undo it.
     """
     return [(var, var.set(value)) for var, value in context.items() if var.get(_UNSET) is not value]
+
+
+def _put_back(taken: list[tuple[ContextVar[Any], contextvars.Token[Any]]]) -> None:
+    """Undo `_take_on`, last set first."""
+    for var, token in reversed(taken):
+        var.reset(token)
 
 
 _UNSET = object()
