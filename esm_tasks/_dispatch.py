@@ -22,6 +22,7 @@ from ._execution import (
     run_in_order,
     run_isolated,
     run_steps,
+    take_step,
     task_in,
 )
 from ._run import Run, Settings
@@ -128,9 +129,9 @@ async def _run_detached(steps: Steps, run: Run, tracker: Tracker) -> None:
             if len(steps) == 1 and is_task(step):
                 # One task, the usual case: no step loop and no call of the task around it,
                 # which would stay alive, and be walked by every collection, while it runs.
-                # It is the run's step 0, for its key and those of tasks it awaits itself
-                # (set in this run's own context: a task of its own).
-                position.set((0,))
+                # It is the run's first step, for its key and those of tasks it awaits
+                # itself (set in this run's own context: a task of its own).
+                take_step(run)
                 await run_isolated(step, run)
             else:
                 await run_in_order(steps)

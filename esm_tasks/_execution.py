@@ -56,7 +56,7 @@ _OUTSIDE._request_id = "-"
 current_run: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
 # Where the running task sits in its run: the step's number, then its index in each group.
 # A sequence's members are steps of the run, numbered as a queue's message numbers them.
-# Unset for a run's only task, which runs without the step loop: it is the next step.
+# Unset outside esm_tasks' step loops (a plain Lilya response's tasks): the run's next step.
 position: ContextVar[tuple[int, ...]] = ContextVar("esm_tasks_position", default=())
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
@@ -75,12 +75,11 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
             # One task, the usual case: no step loop and no call of the task around it, which
             # would stay alive, and be walked by every collection, while it runs. It is the
             # run's next step, for its key and those of tasks it awaits itself.
-            at_step = position.set((run.next_step,))
+            at_step = take_step(run)
             try:
                 await run_isolated(step, run)
             finally:
                 position.reset(at_step)
-            run.next_step += 1
         else:
             await run_in_order(steps)
     except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
@@ -105,9 +104,7 @@ async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
         if outer:  # in a group
             token = position.set((*outer, index))
         elif getattr(step, "as_group", True):  # a task or a group: the run's next step
-            run = current_run.get() or _OUTSIDE
-            token = position.set((run.next_step,))
-            run.next_step += 1
+            token = take_step(current_run.get() or _OUTSIDE)
         else:  # a sequence: each of its members is a step of the run, as on a queue
             token = None
         try:
@@ -119,6 +116,13 @@ async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
             if token is not None:
                 position.reset(token)
         index += 1
+
+
+def take_step(run: Run) -> contextvars.Token[tuple[int, ...]]:
+    """Make the run's next step the running one (for idempotency keys); the token resets it."""
+    token = position.set((run.next_step,))
+    run.next_step += 1
+    return token
 
 
 def idempotency_key() -> str:

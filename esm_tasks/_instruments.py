@@ -7,7 +7,6 @@ attempt's outcome through; it may also carry context in a queued run's message.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -48,10 +47,10 @@ def instruments(
             f'App(task_span_parent=...) takes "child" or "link", got {task_span_parent!r}'
         )
     found: list[Instrument] = []
-    if tracing and importlib.util.find_spec("opentelemetry") is not None:
+    if tracing:
         try:
             from ._tracing import Tracing
-        except ImportError:  # the namespace without the API (opentelemetry-proto alone)
+        except ImportError:  # no opentelemetry-api (perhaps its namespace, through another)
             pass
         else:
             found.append(Tracing(link=task_span_parent == "link"))

@@ -203,11 +203,13 @@ class TaskiqBackend:
         and send the rest on."""
         assert self._registry is not None, "attached by App"
         assert self._settings is not None, "attached by App"
+        # What each log line names the run by, read from the data: a run that does not
+        # validate is named too.
+        method, path = data.get("method", "-"), data.get("path", "-")
+        where = f"{method} {path} [request {data.get('request_id', '-')}]"
         try:
             message = RunMessage.model_validate(data)
         except ValidationError as error:
-            method, path = data.get("method", "-"), data.get("path", "-")
-            where = f"{method} {path} [request {data.get('request_id', '-')}]"
             reason = f"not a run this version of esm_tasks reads ({error})"
             await self._refuse(data, reason, where)
             return
@@ -215,7 +217,6 @@ class TaskiqBackend:
         try:
             steps: list[Task] = self._registry.decode(message, sources)
         except Refused as refusal:
-            where = f"{message.method} {message.path} [request {message.request_id}]"
             await self._refuse(data, str(refusal), where)
             return
         run = run_of(message, self._settings)
@@ -230,7 +231,6 @@ class TaskiqBackend:
             async with _within(self.send_timeout):
                 await self._task.kiq(rest.wire())
         except Exception as error:
-            where = f"{message.method} {message.path} [request {message.request_id}]"
             logger.warning(
                 "the rest of the run of %s could not be sent back to the broker (%r); "
                 "this worker runs it",
