@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from pydantic import BaseModel
+from taskiq import InMemoryBroker
+from taskiq.message import BrokerMessage
 
 from esm_tasks import (
     BackgroundTask,
@@ -20,6 +22,17 @@ from esm_tasks import (
 )
 
 ran: list[object] = []
+
+
+class Holding(InMemoryBroker):
+    """Keeps what is sent, for a test to read or to deliver later, as a worker would."""
+
+    def __init__(self) -> None:
+        super().__init__(await_inplace=True)
+        self.held: list[BrokerMessage] = []
+
+    async def kick(self, message: BrokerMessage) -> None:
+        self.held.append(message)
 
 
 class Order(BaseModel):

@@ -14,7 +14,16 @@ from lilya.requests import Request
 from lilya.responses import PlainText
 from lilya.types import ASGIApp, Message, Receive, Scope, Send
 
-from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, TaskEvent, get, post
+from esm_tasks import (
+    App,
+    BackgroundTask,
+    BackgroundTasks,
+    Depends,
+    TaskEvent,
+    TaskRoute,
+    get,
+    post,
+)
 from esm_tasks.testing import TestClient
 
 from .support import (
@@ -178,22 +187,29 @@ class HoldsTheResponse:
         await anyio.sleep_forever()
 
 
+async def cancel_once_handed_over(handler: TaskRoute, path: str, events: Events) -> None:
+    """Serve `handler` behind `HoldsTheResponse`, and cancel the request once the route has
+    handed its run over, its response not out: once, as asyncio servers do (no later await is
+    cancelled again)."""
+    returned = anyio.Event()
+    middleware = [DefineMiddleware(HoldsTheResponse, returned=returned)]
+    app = App(routes=[handler], middleware=middleware)
+    request = asyncio.ensure_future(drive(app, "POST", path, events))
+    await returned.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+
 async def test_a_request_cancelled_before_its_response_is_out_logs_its_tasks_as_abandoned(
     task_log: list[logging.LogRecord],
 ) -> None:
     events = Events()
-    returned = anyio.Event()
 
     @post("/c", background=[events.task("a"), events.task("b")])
     async def handler() -> None: ...
 
-    middleware = [DefineMiddleware(HoldsTheResponse, returned=returned)]
-    app = App(routes=[handler], middleware=middleware)
-    request = asyncio.ensure_future(drive(app, "POST", "/c", events))
-    await returned.wait()  # the route has handed its run over; the response is not out
-    request.cancel()  # once, as asyncio servers do: no later await is cancelled again
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await cancel_once_handed_over(handler, "/c", events)
     assert events == []
     assert [r.task_name for r in errors(task_log)] == ["a", "b"]  # type: ignore[attr-defined]
 
@@ -202,20 +218,13 @@ async def test_a_failed_request_cancelled_early_does_not_report_tasks_that_would
     task_log: list[logging.LogRecord],
 ) -> None:
     events = Events()
-    returned = anyio.Event()
     on_error = BackgroundTask(events.task("on error")).with_policy(when="error")
 
     @post("/c", background=[events.task("on success"), on_error])
     async def handler() -> None:
         raise HTTPException(status_code=409)
 
-    middleware = [DefineMiddleware(HoldsTheResponse, returned=returned)]
-    app = App(routes=[handler], middleware=middleware)
-    request = asyncio.ensure_future(drive(app, "POST", "/c", events))
-    await returned.wait()
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await cancel_once_handed_over(handler, "/c", events)
     assert events == []
     assert failed_task_names(task_log) == ["on error"]
 
@@ -474,17 +483,10 @@ async def test_a_cancelled_requests_dependencies_are_told_so_not_committed(
     """Its run never starts; the dependency's clean-up learns why, as a cancelled run's does."""
     seen_by_cleanup.clear()
     events = Events()
-    returned = anyio.Event()
 
     @post("/tx", background=events.task("a"))
     async def handler(tx: Annotated[str, Depends(transaction)]) -> None: ...
 
-    middleware = [DefineMiddleware(HoldsTheResponse, returned=returned)]
-    app = App(routes=[handler], middleware=middleware)
-    request = asyncio.ensure_future(drive(app, "POST", "/tx", events))
-    await returned.wait()
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await cancel_once_handed_over(handler, "/tx", events)
     assert events == []
     assert seen_by_cleanup == ["rolled back: CancelledError"]

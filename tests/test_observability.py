@@ -22,7 +22,6 @@ from opentelemetry.trace import StatusCode
 from opentelemetry.util._once import Once
 from prometheus_client import CollectorRegistry
 from taskiq import InMemoryBroker
-from taskiq.message import BrokerMessage
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Include, Response, post
 from esm_tasks.taskiq import TaskiqBackend
@@ -109,10 +108,10 @@ def by_name(found: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]:
     return named
 
 
-async def test_each_task_is_a_span_under_the_request_span(spans: InMemorySpanExporter) -> None:
-    async with TestClient(app()) as http:
-        await http.post("/users/7", headers={"x-request-id": "r-7"})
-    named = by_name(spans.get_finished_spans())
+def tasks_under_the_request(found: tuple[ReadableSpan, ...]) -> list[ReadableSpan]:
+    """The four task spans of `app()`'s `/users/...` request, each checked to be a child of
+    the request's span, in its trace."""
+    named = by_name(found)
     [request] = named["HTTP POST"]
     tasks = named["task declared"] + named["task added"]
     assert len(tasks) == 4
@@ -120,6 +119,14 @@ async def test_each_task_is_a_span_under_the_request_span(spans: InMemorySpanExp
         assert span.parent is not None
         assert span.parent.span_id == request.context.span_id
         assert span.context.trace_id == request.context.trace_id
+    return tasks
+
+
+async def test_each_task_is_a_span_under_the_request_span(spans: InMemorySpanExporter) -> None:
+    async with TestClient(app()) as http:
+        await http.post("/users/7", headers={"x-request-id": "r-7"})
+    tasks = tasks_under_the_request(spans.get_finished_spans())
+    for span in tasks:
         attributes = dict(span.attributes or {})
         assert attributes["esm_tasks.attempt"] == 1
         assert attributes["esm_tasks.request_id"] == "r-7"
@@ -175,31 +182,14 @@ def test_a_bad_task_span_parent_is_refused() -> None:
 def test_over_uvicorn_the_tasks_are_in_the_request_trace(spans: InMemorySpanExporter) -> None:
     with serve(app()) as url:
         assert httpx.post(f"{url}/v1/users/3").status_code == 200
-    named = by_name(spans.get_finished_spans())
-    [request] = named["HTTP POST"]
-    tasks = named["task declared"] + named["task added"]
-    assert len(tasks) == 4
-    for span in tasks:
-        assert span.parent is not None
-        assert span.parent.span_id == request.context.span_id
+    for span in tasks_under_the_request(spans.get_finished_spans()):
         # The whole template: the Include's prefix, then the route's own.
         assert dict(span.attributes or {})["http.route"] == "/v1/users/{user_id:int}"
 
 
-class _Holding(InMemoryBroker):
-    """Keeps what is sent, for the test to deliver later, as a worker elsewhere would."""
-
-    def __init__(self) -> None:
-        super().__init__(await_inplace=True)
-        self.held: list[BrokerMessage] = []
-
-    async def kick(self, message: BrokerMessage) -> None:
-        self.held.append(message)
-
-
 async def test_a_queued_run_carries_the_trace_to_its_worker(spans: InMemorySpanExporter) -> None:
     queue_app.ran.clear()
-    broker = _Holding()
+    broker = queue_app.Holding()
     queued = App(
         routes=[queue_app.create_order],
         task_backend=TaskiqBackend(broker),
@@ -363,13 +353,7 @@ async def test_a_detached_run_is_in_the_request_trace_too(
     served = app(detach_tasks=detach)
     async with lifespan(served), TestClient(served) as http:  # detached while it runs
         await http.post("/users/2")
-    named = by_name(spans.get_finished_spans())
-    [request] = named["HTTP POST"]
-    tasks = named["task declared"] + named["task added"]
-    assert len(tasks) == 4
-    assert [span.parent.span_id if span.parent else None for span in tasks] == [
-        request.context.span_id
-    ] * 4
+    tasks_under_the_request(spans.get_finished_spans())
 
 
 class _Broken(SpanExporter):
@@ -413,7 +397,7 @@ async def test_an_instrument_that_fails_fails_no_task(task_log: list[logging.Log
 
 async def test_a_failed_requests_queued_run_is_in_its_trace(spans: InMemorySpanExporter) -> None:
     """Handed over in the request's trace, sent after the 500 left the tracing middleware."""
-    broker = _Holding()
+    broker = queue_app.Holding()
     failing = App(
         routes=[failing_route],
         task_backend=TaskiqBackend(broker),
@@ -439,7 +423,7 @@ async def test_a_queued_steps_start_delay_is_its_own_time_in_the_queue() -> None
     """Each step after the first waits in the queue as a message of its own: its start delay
     counts from when that message was sent, not from the request."""
     registry = CollectorRegistry()
-    broker = _Holding()
+    broker = queue_app.Holding()
     queued = App(
         routes=[two_steps], task_backend=TaskiqBackend(broker), metrics=registry, tracing=False
     )

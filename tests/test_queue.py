@@ -393,21 +393,10 @@ async def test_a_message_that_starts_mid_run_keeps_the_runs_keys() -> None:
     assert _keys() == [("third", "r1:2"), ("fourth", "r1:3")]
 
 
-class _Holding(InMemoryBroker):
-    """Keeps what is sent."""
-
-    def __init__(self) -> None:
-        super().__init__(await_inplace=True)
-        self.held: list[BrokerMessage] = []
-
-    async def kick(self, message: BrokerMessage) -> None:
-        self.held.append(message)
-
-
 async def test_without_tracing_or_metrics_a_message_is_as_the_version_before_them() -> None:
     """A worker of the version before tracing and metrics still reads what is sent, as
     long as they are not in use: upgrade workers first, then the serving processes."""
-    broker = _Holding()
+    broker = queue_app.Holding()
     app = App(
         routes=[queue_app.create_order],
         task_backend=TaskiqBackend(broker),
