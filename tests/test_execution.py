@@ -185,6 +185,16 @@ async def test_tasks_still_run_when_sending_the_body_fails() -> None:
     assert events[-3:] == ["declared task", "added task", "response task"]
 
 
+async def test_tasks_still_run_when_sending_the_body_fails_behind_middleware() -> None:
+    """The client is gone while the App's layers send: the run still starts as the App's
+    call ends, and the error goes on to the server."""
+    events = Events()
+    app = _app(events, middleware=[DefineMiddleware(Tagging)])
+    with pytest.raises(OSError, match="client went away"):
+        await drive(app, "POST", "/work", events, send_fails_after_start=True)
+    assert events[-3:] == ["declared task", "added task", "response task"]
+
+
 async def test_sync_tasks_never_block_the_event_loop() -> None:
     # The sync task waits for the async one; on the event loop it would starve it.
     loop_ran = threading.Event()

@@ -454,3 +454,23 @@ async def test_a_route_in_an_include_with_parameters_is_labelled_by_its_whole_te
     route = "/tenants/{tenant}/items/{item_id}"
     total = "esm_tasks_tasks_total"
     assert _sample(registry, total, task="declared", route=route, outcome="succeeded") == 3
+
+
+in_flight_seen: list[float] = []
+WATCHED = CollectorRegistry()
+
+
+async def reads_in_flight() -> None:
+    in_flight_seen.append(_sample(WATCHED, "esm_tasks_tasks_in_flight"))
+
+
+@post("/in-flight", background=[BackgroundTask(reads_in_flight), BackgroundTask(reads_in_flight)])
+async def in_flight_route() -> None: ...
+
+
+async def test_a_running_task_is_counted_in_flight_and_no_more_once_it_ends() -> None:
+    in_flight_seen.clear()
+    async with TestClient(App(routes=[in_flight_route], metrics=WATCHED, tracing=False)) as http:
+        await http.post("/in-flight")
+    assert in_flight_seen == [1.0, 1.0]
+    assert _sample(WATCHED, "esm_tasks_tasks_in_flight") == 0
