@@ -168,7 +168,7 @@ class App(Lilya):
                 scope[LAYERS] = layers
             if handover is not None:
                 del scope[SETTINGS], scope[DEFERRED]
-                if handover.runs:  # the response is out, and the layers have returned
+                if handover:  # the response is out, and the layers have returned
                     await handover.close(cancelled)
 
 

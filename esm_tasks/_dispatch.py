@@ -9,22 +9,11 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
 
-from ._execution import (
-    abandon,
-    current_run,
-    is_task,
-    position,
-    run_in_order,
-    run_isolated,
-    run_steps,
-    take_step,
-    task_in,
-)
+from ._execution import abandon, run_alone, run_steps, task_in
 from ._run import Run, Settings
 
 if TYPE_CHECKING:
@@ -73,19 +62,7 @@ class InRequest:
     done, so test clients see finished tasks."""
 
     def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> Awaitable[None]:
-        # The run's own coroutine, when it can be: no frame of ours stays alive around it
-        # while a slow task runs.
-        if context is None:
-            return run_steps(steps, run)
-        return self._in(context, steps, run)
-
-    @staticmethod
-    async def _in(context: contextvars.Context, steps: Steps, run: Run) -> None:
-        taken = _take_on(context)
-        try:
-            await run_steps(steps, run)
-        finally:
-            _put_back(taken)
+        return run_steps(steps, run, context)
 
 
 class Detached:
@@ -114,8 +91,6 @@ def detach(steps: Steps, run: Run, context: contextvars.Context) -> None:
     tracker = run.settings.tracker
     assert tracker is not None  # detaching is only on while an App's lifespan runs
     run.let_go_of_the_request()  # it outlives its request: so should not the headers
-    context.run(current_run.set, run)
-    context.run(position.set, ())  # its own steps, even if handed over inside a task
     tracker.start(task_in(context, _run_detached(steps, run, tracker)))
 
 
@@ -125,99 +100,56 @@ async def _run_detached(steps: Steps, run: Run, tracker: Tracker) -> None:
     with anyio.CancelScope() as scope:
         tracker.scopes.add(scope)
         try:
-            step = steps[0]
-            if len(steps) == 1 and is_task(step):
-                # One task, the usual case: no step loop and no call of the task around it,
-                # which would stay alive, and be walked by every collection, while it runs.
-                # It is the run's first step, for its key and those of tasks it awaits
-                # itself (set in this run's own context: a task of its own).
-                take_step(run)
-                await run_isolated(step, run)
-            else:
-                await run_in_order(steps)
-        except BaseException as cancelled:
-            run.error = run.error or cancelled
-            raise
+            await run_alone(steps, run)
         finally:
             tracker.scopes.discard(scope)
-            if run.exits is not None:
-                await run.release()
 
 
-Deferred: TypeAlias = tuple[Steps, Run, contextvars.Context]
-
-
-async def start_deferred(runs: Sequence[Deferred]) -> None:
-    """Start the runs a request left for its App, once the App's layers have returned.
-
-    Each runs with the context variables it was handed over with, so its tasks see what
-    the request's middleware had set, though that middleware has returned.
-    """
-    index = 0  # counted by hand: an iterator would be one more object alive per run
-    while index < len(runs):
-        steps, run, context = runs[index]
-        index += 1
-        try:
-            destination = destination_of(run)
-            if destination is IN_REQUEST:  # the usual run: no frame of ours more around it
-                # What IN_REQUEST.take does, inlined: one coroutine less alive per run.
-                taken = _take_on(context)
-                try:
-                    await run_steps(steps, run)
-                finally:
-                    _put_back(taken)
-            else:
-                await destination.take(steps, run, context)
-        except BaseException as cancelled:
-            await abandon_runs(runs[index:], cancelled)  # they will never start
-            raise
-
-
-class Handover:
-    """In an App, where a request's run waits until the App's own call is about to return.
+class Handover(list[Run]):
+    """In an App, the runs of a request that wait until the App's own call is about to return.
 
     The response has left the App by then, whatever the middleware around the route did
     with it, and the route's frames and the App's layers' are gone: a run waiting on a slow
-    task keeps alive only the App's call, not the whole chain that served the request. It
-    runs with the context variables of the route that handed it over.
+    task keeps alive only the App's call, not the whole chain that served the request. Each
+    runs with the context variables of the route that handed it over (`Run.context`), so its
+    tasks see what the request's middleware had set, though that middleware has returned.
     """
 
-    __slots__ = ("runs",)
-
-    def __init__(self) -> None:
-        self.runs: list[Deferred] = []
+    __slots__ = ()
 
     def close(self, cancelled: BaseException | None) -> Awaitable[None]:
         """Start the runs, or if the request was `cancelled`, report them abandoned. Once: the
         App calls it as its call ends, when nothing can hand over to it any more."""
         if cancelled is not None:
-            return abandon_runs(self.runs, cancelled)
-        return start_deferred(self.runs)
+            return abandon_runs(self, cancelled)
+        if len(self) == 1:  # the usual request: no frame of ours more around its run
+            return _start(self[0])
+        return self._start_each()
+
+    async def _start_each(self) -> None:
+        index = 0  # counted by hand: an iterator would be one more object alive per run
+        while index < len(self):
+            run = self[index]
+            index += 1
+            try:
+                await _start(run)
+            except BaseException as cancelled:
+                await abandon_runs(self[index:], cancelled)  # they will never start
+                raise
 
 
-def _take_on(context: contextvars.Context) -> list[tuple[ContextVar[Any], contextvars.Token[Any]]]:
-    """Set, in the current context, each variable whose value in `context` differs.
-
-    Cheaper than a task of its own in `context`, the one way asyncio offers to run in
-    another context; the tokens undo it.
-    """
-    return [(var, var.set(value)) for var, value in context.items() if var.get(_UNSET) is not value]
+def _start(run: Run) -> Awaitable[None]:
+    steps, context = run.steps, run.context
+    run.steps, run.context = (), None  # the run holds on to neither while it runs
+    run.let_go_of_the_request()  # nor to the headers of the route's copy of the scope
+    return destination_of(run).take(steps, run, context)
 
 
-def _put_back(taken: list[tuple[ContextVar[Any], contextvars.Token[Any]]]) -> None:
-    """Undo `_take_on`, last set first."""
-    for var, token in reversed(taken):
-        var.reset(token)
-
-
-_UNSET = object()
-
-
-async def abandon_runs(runs: Sequence[Deferred], cancelled: BaseException) -> None:
+async def abandon_runs(runs: Sequence[Run], cancelled: BaseException) -> None:
     """Report every task of runs that will never start, and clean up their requests, whose
     dependencies are told of the cancellation (no commit), as a cancelled run's are."""
-    for steps, run, _ in runs:
-        abandon(steps, run)
-    for _, run, _ in runs:
+    for run in runs:
+        abandon(run.steps, run)
+    for run in runs:
         run.error = run.error or cancelled
         await run.release()

@@ -14,7 +14,15 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeGuard
 
@@ -61,25 +69,40 @@ position: ContextVar[tuple[int, ...]] = ContextVar("esm_tasks_position", default
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
 
-async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """Run one request's merged steps in order, after its response was sent."""
-    token = current_run.set(run)
-    # A run started inside a task (an app called in-process) numbers its own steps.
-    at = position.set(()) if position.get() else None
+async def run_steps(
+    steps: Sequence[Callable[[], Awaitable[None]]],
+    run: Run,
+    context: contextvars.Context | None = None,
+) -> None:
+    """Run one request's merged steps in order, after its response was sent.
+
+    `context`: the variables they see, by default a copy of the current ones; what they
+    set stays in it, out of the caller's.
+    """
     tracker = run.settings.tracker
     if tracker is not None:
         tracker.add(run)
+    try:
+        await InContext(context or contextvars.copy_context(), run_alone(steps, run))
+    finally:
+        if tracker is not None:
+            tracker.discard(run)
+
+
+async def run_alone(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
+    """Run a request's steps in a context of the run's own (a task's, or an `InContext`):
+    the run is current and numbers its steps there, and nothing needs setting back.
+    """
+    current_run.set(run)
+    position.set(())  # its own steps, even if started inside a task
     try:
         step = steps[0] if len(steps) == 1 else None
         if step is not None and is_task(step):
             # One task, the usual case: no step loop and no call of the task around it, which
             # would stay alive, and be walked by every collection, while it runs. It is the
             # run's next step, for its key and those of tasks it awaits itself.
-            at_step = take_step(run)
-            try:
-                await run_isolated(step, run)
-            finally:
-                position.reset(at_step)
+            take_step(run)
+            await run_isolated(step, run)
         else:
             await run_in_order(steps)
     except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
@@ -88,11 +111,34 @@ async def run_steps(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
     finally:
         if run.exits is not None:
             await run.release()
-        if at is not None:
-            position.reset(at)
-        current_run.reset(token)
-        if tracker is not None:
-            tracker.discard(run)
+
+
+class InContext(Generator[Any, Any, None]):
+    """Await a coroutine with each of its steps taken in `context`, as in a task of its own
+    in that context, but in the awaiting task.
+
+    What asyncio offers for running in another context is a task, a dozen objects more
+    alive while a slow task runs; setting each variable in the caller's context, and
+    back, keeps a token per variable alive. This keeps itself.
+    """
+
+    __slots__ = ("_context", "_coroutine")
+
+    def __init__(self, context: contextvars.Context, coroutine: Coroutine[Any, Any, None]):
+        self._context = context
+        self._coroutine = coroutine
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return self
+
+    def send(self, value: Any) -> Any:
+        return self._context.run(self._coroutine.send, value)
+
+    def throw(self, *error: Any) -> Any:
+        return self._context.run(self._coroutine.throw, *error)
+
+    def close(self) -> None:
+        self._context.run(self._coroutine.close)
 
 
 async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:

@@ -231,7 +231,8 @@ class _Endpoint:
                 return
         handover = scope.get(DEFERRED)
         if handover is not None:
-            handover.runs.append((steps, run, contextvars.copy_context()))
+            run.steps, run.context = steps, contextvars.copy_context()
+            handover.append(run)
         else:
             await destination_of(run).take(steps, run, None)
 

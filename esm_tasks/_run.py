@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -81,6 +82,7 @@ class Run:
         "_headers",
         "_request_id",
         "_run_id",
+        "context",
         "error",
         "exits",
         "failed",
@@ -93,6 +95,7 @@ class Run:
         "settings",
         "simple",
         "sources",
+        "steps",
         "trace_parent",
     )
 
@@ -122,6 +125,10 @@ class Run:
         self.exits = exits
         self.error = error
         self.here = False  # runs in this process even with a queue backend: it would not take it
+        # Handed over to wait for the response to leave the App: its steps, and the context
+        # variables of the route that handed it over, which its tasks see.
+        self.steps: Sequence[Callable[[], Awaitable[None]]] = ()
+        self.context: contextvars.Context | None = None
         # Whether a task with the default policy may skip the clock and the events.
         self.simple = (
             settings.simple

@@ -1,19 +1,24 @@
 """App settings: app and include tasks, the error hook, task events, and concurrency limits."""
 
+import asyncio
 import logging
 import os
 import pathlib
 import subprocess
 import sys
 import threading
+from contextvars import ContextVar
+from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
 from lilya.apps import Lilya
 from lilya.context import RequestContext
 from lilya.middleware import DefineMiddleware
 from lilya.middleware.request_context import RequestContextMiddleware
+from lilya.routing import Include as LilyaInclude
 from lilya.types import Message, Receive, Scope, Send
 
 from esm_tasks import (
@@ -24,6 +29,7 @@ from esm_tasks import (
     Response,
     TaskEvent,
     get,
+    idempotency_key,
     post,
     task_policy,
 )
@@ -358,6 +364,29 @@ async def test_default_mode_tasks_see_the_context_their_request_middleware_set()
     assert events == ["response started", "body sent", "/ctx"]
 
 
+async def test_what_a_task_sets_in_its_context_stays_out_of_the_callers() -> None:
+    # An app called in-process (httpx's ASGI transport) runs in its caller's task: the run's
+    # variables, esm_tasks' own included, must not be left set there when the call returns.
+    seen: ContextVar[str] = ContextVar("seen", default="the caller's")
+    keys: list[str] = []
+
+    async def task() -> None:
+        keys.append(idempotency_key())
+        seen.set("the task's")
+
+    @get("/set", background=task)
+    async def handler() -> None: ...
+
+    for app in (App(routes=[handler]), Lilya(routes=[handler])):
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/set")).status_code == 200
+        assert seen.get() == "the caller's"
+        with pytest.raises(RuntimeError, match="for a task that esm_tasks runs"):
+            idempotency_key()
+    assert [key.split(":")[1] for key in keys] == ["0", "0"]
+
+
 class Cascade:
     """Tries each app in turn with the same scope; the first that does not answer 404 wins."""
 
@@ -388,6 +417,48 @@ async def test_a_scope_that_went_through_one_app_runs_the_tasks_of_the_next() ->
     app = Cascade(first, App(routes=[legacy]))
     await drive(app, "POST", "/legacy", events)  # type: ignore[arg-type]
     assert events == ["response started", "body sent", "legacy task"]
+
+
+def _two_runs(events: Events, first_task: Any) -> App:
+    """An app that tries a new app, then a legacy one, for each request: both hand a run
+    over to the outer App, the new one's answering 404."""
+
+    @get("/item", background=first_task)
+    async def new() -> Response:
+        return Response(status_code=404)
+
+    @get("/item", background=events.task("legacy task"))
+    async def legacy() -> None: ...
+
+    cascade = Cascade(App(routes=[new]), App(routes=[legacy]))
+    return App(routes=[LilyaInclude("/", app=cascade)])
+
+
+async def test_each_run_a_request_handed_over_runs_in_turn_after_the_response() -> None:
+    events = Events()
+    await drive(_two_runs(events, events.task("new app task")), "GET", "/item", events)
+    assert events == ["response started", "body sent", "new app task", "legacy task"]
+
+
+async def test_a_request_cancelled_in_its_first_run_abandons_the_next(
+    task_log: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    started = anyio.Event()
+
+    async def blocks() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    request = asyncio.ensure_future(drive(_two_runs(events, blocks), "GET", "/item", events))
+    await started.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    abandoned = [r for r in task_log if r.task_event == "abandoned"]  # type: ignore[attr-defined]
+    names = [r.task_name.rsplit(".", 1)[-1] for r in abandoned]  # type: ignore[attr-defined]
+    assert names == ["blocks", "legacy task"]
+    assert events == ["response started", "body sent"]
 
 
 async def test_caplog_sees_a_failed_task_when_the_test_builds_an_app(
