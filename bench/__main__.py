@@ -20,11 +20,13 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
+from . import collector
 from .apps import APPS, DONE, SCENARIOS, Scenario
 from .footprint import kept_alive
 from .server import load, started_server
@@ -102,6 +104,7 @@ def print_table(medians: dict[str, dict[str, float]]) -> None:
 
 E2E_APPS = {  # label: uvicorn target
     "floor": "bench.e2e_app:floor",
+    "floor, call held open": "bench.e2e_app:held_open",
     "esm_tasks, in the request": "bench.e2e_app:app",
     "esm_tasks, detached": "bench.e2e_app:detached",
     "Starlette": "bench.e2e_app:starlette_app",
@@ -115,25 +118,58 @@ KEPT_ALIVE_AT_MOST = 40  # objects per waiting request, in the default mode
 Latency = dict[str, tuple[float, float]]  # path: (p50, p99) in ms
 
 
-def end_to_end(connections: int, requests: int, rounds: int, rate: float) -> dict[str, Latency]:
+class Pauses(NamedTuple):
+    """What the collector did in an app's server during its /slow rounds, per round."""
+
+    full: float  # collections of the oldest generation
+    full_ms: float  # their pause, on average
+    young_ms: float  # the pauses of the younger generations' collections, in all
+
+
+def end_to_end(
+    connections: int, requests: int, rounds: int, rate: float
+) -> tuple[dict[str, Latency], dict[str, Pauses]]:
     """For each app, on its own server: /fast and /slow, the median over rounds of each
-    round's p50 and p99, so that one noisy moment of a shared machine moves one sample."""
+    round's p50 and p99, so that one noisy moment of a shared machine moves one sample;
+    and what the collector did in each server while /slow was loaded."""
     samples: dict[str, dict[str, list[tuple[float, float]]]] = {
         app: {"/fast": [], "/slow": []} for app in E2E_APPS
     }
-    with contextlib.ExitStack() as servers:
-        ports = {app: servers.enter_context(started_server(t)) for app, t in E2E_APPS.items()}
-        for port in ports.values():
-            load(port, "/fast", connections, requests // 4)  # warm-up
-        for _ in range(rounds):
-            for app, port in ports.items():
-                for path, per_round in samples[app].items():
-                    latencies = load(port, path, connections, requests, rate)
-                    p99 = statistics.quantiles(latencies, n=100)[98]
-                    per_round.append((statistics.median(latencies), p99))
-                # The servers share a CPU: this one's slow tasks end before the next is loaded.
-                time.sleep(1.2)
-    return {
+    slow_rounds: dict[str, list[tuple[float, float]]] = {app: [] for app in E2E_APPS}
+    with tempfile.TemporaryDirectory() as records:
+        logs = {app: os.path.join(records, f"{n}.json") for n, app in enumerate(E2E_APPS)}
+        with contextlib.ExitStack() as servers:
+            ports = {
+                app: servers.enter_context(
+                    started_server(target, env={"BENCH_COLLECTIONS": logs[app]})
+                )
+                for app, target in E2E_APPS.items()
+            }
+            for port in ports.values():
+                load(port, "/fast", connections, requests // 4)  # warm-up
+            for _ in range(rounds):
+                for app, port in ports.items():
+                    for path, per_round in samples[app].items():
+                        started = time.monotonic()
+                        latencies = load(port, path, connections, requests, rate)
+                        if path == "/slow":
+                            slow_rounds[app].append((started, time.monotonic()))
+                        p99 = statistics.quantiles(latencies, n=100)[98]
+                        per_round.append((statistics.median(latencies), p99))
+                    # The servers share a CPU: this one's slow tasks end before the next is loaded.
+                    time.sleep(1.2)
+        pauses = {}
+        for app, path in logs.items():
+            collections = collector.read(path)
+            full = collector.within(collections, slow_rounds[app], 2)
+            young = collector.within(collections, slow_rounds[app], 1)
+            young += collector.within(collections, slow_rounds[app], 0)
+            pauses[app] = Pauses(
+                len(full) / rounds,
+                statistics.mean(full) if full else 0.0,
+                sum(young) / rounds,
+            )
+    latency = {
         app: {
             path: (
                 statistics.median(p50 for p50, _ in per_round),
@@ -143,6 +179,7 @@ def end_to_end(connections: int, requests: int, rounds: int, rate: float) -> dic
         }
         for app, by_path in samples.items()
     }
+    return latency, pauses
 
 
 def print_end_to_end(
@@ -179,17 +216,26 @@ def main() -> None:
     print_table(medians)
 
     latency: dict[tuple[str, str], Latency] = {}
-    shapes = {"as fast as answered": 0.0, f"{args.rate:g} requests/s": args.rate}
+    steady = f"{args.rate:g} requests/s"
+    shapes = {"as fast as answered": 0.0, steady: args.rate}
     for shape, rate in shapes.items():
-        for app, by_path in end_to_end(args.connections, args.requests, E2E_ROUNDS, rate).items():
+        by_app, pauses = end_to_end(args.connections, args.requests, E2E_ROUNDS, rate)
+        for app, by_path in by_app.items():
             latency[shape, app] = by_path
     print_end_to_end(latency, args.connections, E2E_ROUNDS, args.requests)
-    print("\nobjects the garbage collector walks per request whose 1 s task is running")
+    print(
+        f"\nwhere the tail goes at {steady}: objects the collector walks per request whose "
+        "1 s task is running; per /slow round, the collections of the oldest generation and "
+        "their mean pause, and the younger ones' pauses in all (ms)"
+    )
+    print(f"{'app':28}{'objects':>8}{'full':>6}{'pause':>8}{'young':>8}{'p99 /slow':>11}")
     kept: dict[str, float] = {}
     for app, target in E2E_APPS.items():
         module, name = target.split(":")
         kept[app] = anyio.run(kept_alive, getattr(importlib.import_module(module), name))
-        print(f"  {app:28}{kept[app]:6.0f}")
+        full, full_ms, young_ms = pauses[app]
+        print(f"{app:28}{kept[app]:8.0f}{full:6.1f}{full_ms:8.1f}{young_ms:8.1f}", end="")
+        print(f"{latency[steady, app]['/slow'][1]:11.2f}")
 
     print("\ntargets")
     failed = False
@@ -206,7 +252,6 @@ def main() -> None:
             medians[scenario][app] / medians[scenario][baseline],
             limit,
         )
-    steady = f"{args.rate:g} requests/s"
     floor99 = latency[steady, "floor"]["/slow"][1]
     default99 = latency[steady, "esm_tasks, in the request"]["/slow"][1]
     best_peer = min(PEERS, key=lambda peer: latency[steady, peer]["/slow"][1])

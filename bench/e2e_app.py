@@ -1,6 +1,7 @@
 """The apps the end-to-end benchmark serves: the same route with and without a slow task."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import anyio
 import fastapi
@@ -12,10 +13,16 @@ import starlette.responses
 import starlette.routing
 from lilya import background as lilya_background
 from lilya.apps import Lilya
+from lilya.requests import Request
 from lilya.responses import JSONResponse
 from lilya.routing import Path
+from lilya.types import Receive, Scope, Send
 
 from esm_tasks import App, get
+
+from .collector import record_if_asked
+
+record_if_asked()
 
 
 async def slow_task() -> None:
@@ -55,6 +62,25 @@ async def floor_slow() -> JSONResponse:
 
 
 floor = Lilya(routes=[Path("/fast", floor_fast), Path("/slow", floor_slow)])
+
+
+# The least an app can do and still keep the default mode's promise, that its ASGI call
+# returns once the request's task is done: the handler leaves the task in a list that
+# every copy of the scope shares, and the outermost call awaits it after the response.
+async def _held_slow(request: Request) -> JSONResponse:
+    request.scope["after"].append(slow_task)
+    return JSONResponse({"ok": True})
+
+
+_held = Lilya(routes=[Path("/fast", floor_fast), Path("/slow", _held_slow)])
+
+
+async def held_open(scope: Scope, receive: Receive, send: Send) -> None:
+    after: list[Callable[[], Awaitable[None]]] = []
+    scope["after"] = after
+    await _held(scope, receive, send)
+    for task in after:
+        await task()
 
 
 # The peers, each with the same two routes and its own background-task mechanism.

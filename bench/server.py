@@ -98,14 +98,17 @@ def _on_cpu(cpu: int) -> Callable[[], None] | None:
 
 
 @contextlib.contextmanager
-def started_server(target: str, *options: str) -> Iterator[int]:
-    """A uvicorn server for `target` on a free port of 127.0.0.1; yields the port."""
+def started_server(target: str, *options: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    """A uvicorn server for `target` on a free port of 127.0.0.1, with `env` added to its
+    environment; yields the port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
     server = subprocess.Popen(
-        [*command, "--log-level", "warning", "--no-access-log", *options], preexec_fn=_on_cpu(0)
+        [*command, "--log-level", "warning", "--no-access-log", *options],
+        preexec_fn=_on_cpu(0),
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.monotonic() + 30

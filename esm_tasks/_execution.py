@@ -14,6 +14,7 @@ import math
 import sys
 import threading
 import time
+import types
 from collections.abc import (
     Awaitable,
     Callable,
@@ -83,14 +84,14 @@ async def run_steps(
     if tracker is not None:
         tracker.add(run)
     try:
-        await InContext(context or contextvars.copy_context(), run_alone(steps, run))
+        await in_context(context or contextvars.copy_context(), run_alone(steps, run))
     finally:
         if tracker is not None:
             tracker.discard(run)
 
 
 async def run_alone(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """Run a request's steps in a context of the run's own (a task's, or an `InContext`):
+    """Run a request's steps in a context of the run's own (a task's, or `in_context`'s):
     the run is current and numbers its steps there, and nothing needs setting back.
     """
     current_run.set(run)
@@ -113,48 +114,52 @@ async def run_alone(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) ->
             await run.release()
 
 
-class InContext(Generator[Any, Any, None]):
-    """Await a coroutine with each of its steps taken in `context`, as in a task of its own
+@types.coroutine
+def in_context(
+    context: contextvars.Context, coroutine: Coroutine[Any, Any, None]
+) -> Generator[Any, Any, None]:
+    """Await `coroutine` with each of its steps taken in `context`, as in a task of its own
     in that context, but in the awaiting task.
 
     What asyncio offers for running in another context is a task, a dozen objects more
     alive while a slow task runs; setting each variable in the caller's context, and
-    back, keeps a token per variable alive. This keeps itself.
+    back, keeps a token per variable alive. This keeps one generator.
     """
-
-    __slots__ = ("_context", "_coroutine")
-
-    def __init__(self, context: contextvars.Context, coroutine: Coroutine[Any, Any, None]):
-        self._context = context
-        self._coroutine = coroutine
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        return self
-
-    def send(self, value: Any) -> Any:
-        return self._context.run(self._coroutine.send, value)
-
-    def throw(self, *error: Any) -> Any:
-        return self._context.run(self._coroutine.throw, *error)
-
-    def close(self) -> None:
-        self._context.run(self._coroutine.close)
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            if error is None:
+                signal = context.run(coroutine.send, value)
+            else:
+                signal, error = context.run(coroutine.throw, error), None
+        except StopIteration:
+            return
+        try:
+            value = yield signal
+        except GeneratorExit:
+            context.run(coroutine.close)
+            raise
+        except BaseException as thrown:  # a cancellation, as a rule: the coroutine's to handle
+            error = thrown
 
 
 async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Await each step after the last; if cancelled, report those that will never start."""
     outer = position.get()
+    run = current_run.get() or _OUTSIDE
     index = 0  # counted by hand: an iterator would be one more object alive per run
     while index < len(steps):
         step = steps[index]
         if outer:  # in a group
             token = position.set((*outer, index))
         elif getattr(step, "as_group", True):  # a task or a group: the run's next step
-            token = take_step(current_run.get() or _OUTSIDE)
+            token = take_step(run)
         else:  # a sequence: each of its members is a step of the run, as on a queue
             token = None
         try:
-            await step()
+            # A task directly: its own call around run_isolated would be one more coroutine.
+            await (run_isolated(step, run) if is_task(step) else step())
         except BaseException:
             abandon(steps[index + 1 :])
             raise

@@ -134,7 +134,7 @@ class Run:
             settings.simple
             and not failed
             and not logger.isEnabledFor(logging.DEBUG)
-            and not any(instrument.active() for instrument in settings.instruments)
+            and not _any_active(settings.instruments)
         )
 
     @property
@@ -182,6 +182,13 @@ class Run:
             if name == b"x-request-id":
                 self._request_id = value.decode("latin-1")
                 return
+
+
+def _any_active(instruments: tuple[Instrument, ...]) -> bool:
+    for instrument in instruments:  # noqa: SIM110  (a generator for any() costs more)
+        if instrument.active():
+            return True
+    return False
 
 
 async def exit_dependencies(exits: contextlib.AsyncExitStack, error: BaseException | None) -> None:
