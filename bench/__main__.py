@@ -218,10 +218,13 @@ def main() -> None:
     latency: dict[tuple[str, str], Latency] = {}
     steady = f"{args.rate:g} requests/s"
     shapes = {"as fast as answered": 0.0, steady: args.rate}
+    pauses: dict[str, Pauses] = {}
     for shape, rate in shapes.items():
-        by_app, pauses = end_to_end(args.connections, args.requests, E2E_ROUNDS, rate)
+        by_app, during = end_to_end(args.connections, args.requests, E2E_ROUNDS, rate)
         for app, by_path in by_app.items():
             latency[shape, app] = by_path
+        if shape == steady:
+            pauses = during
     print_end_to_end(latency, args.connections, E2E_ROUNDS, args.requests)
     print(
         f"\nwhere the tail goes at {steady}: objects the collector walks per request whose "

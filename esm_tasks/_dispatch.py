@@ -70,7 +70,7 @@ class Detached:
     steps, and the request's call returns at once."""
 
     async def take(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
-        detach(steps, run, context or contextvars.copy_context())
+        detach(steps, run, contextvars.copy_context() if context is None else context)
 
 
 IN_REQUEST = InRequest()
@@ -103,6 +103,8 @@ async def _run_detached(steps: Steps, run: Run, tracker: Tracker) -> None:
             await run_alone(steps, run)
         finally:
             tracker.scopes.discard(scope)
+            if run.exits is not None:
+                await run.release()
 
 
 class Handover(list[Run]):

@@ -25,7 +25,7 @@ from collections.abc import (
     Sequence,
 )
 from contextvars import ContextVar
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard, cast
 
 import anyio
 import anyio.from_thread
@@ -49,6 +49,10 @@ class NamedTask(Protocol):
     ) -> Awaitable[None]: ...
 
 
+class _Collection(Protocol):
+    def members(self) -> Sequence[Callable[[], Awaitable[None]]]: ...
+
+
 class Observer(Protocol):
     """What esm_tasks.testing plugs in to see, or hold back, a request's tasks."""
 
@@ -63,9 +67,11 @@ _OUTSIDE = Run({"method": "-", "path": "-"}, DEFAULT_SETTINGS, failed=None)
 _OUTSIDE._request_id = "-"
 
 current_run: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
-# Where the running task sits in its run: the step's number, then its index in each group.
-# A sequence's members are steps of the run, numbered as a queue's message numbers them.
-# Unset outside esm_tasks' step loops (a plain Lilya response's tasks): the run's next step.
+# Where the running task sits in a group: the group's step, then its index in each group.
+# Unset for a task that is a step of its run itself: its step is the run's `next_step`,
+# which counts up as each step ends (sequences' members are steps of the run, numbered as a
+# queue's message numbers them). Unset too outside esm_tasks' step loops (a plain Lilya
+# response's tasks): the run's next step.
 position: ContextVar[tuple[int, ...]] = ContextVar("esm_tasks_position", default=())
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
@@ -83,35 +89,41 @@ async def run_steps(
     tracker = run.settings.tracker
     if tracker is not None:
         tracker.add(run)
+    if context is None:
+        context = contextvars.copy_context()
     try:
-        await in_context(context or contextvars.copy_context(), run_alone(steps, run))
+        await in_context(context, run_alone(steps, run))
     finally:
+        if run.exits is not None:
+            # In the caller's context, which the request's dependencies were entered in: a
+            # clean-up that resets a variable it set must find it there.
+            await run.release()
         if tracker is not None:
             tracker.discard(run)
 
 
 async def run_alone(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
     """Run a request's steps in a context of the run's own (a task's, or `in_context`'s):
-    the run is current and numbers its steps there, and nothing needs setting back.
+    the run is current and numbers its steps there, and nothing needs setting back. Its
+    caller releases the request's dependencies once it ends.
     """
     current_run.set(run)
-    position.set(())  # its own steps, even if started inside a task
+    if position.get():
+        position.set(())  # its own steps, even if started inside a task
     try:
         step = steps[0] if len(steps) == 1 else None
         if step is not None and is_task(step):
             # One task, the usual case: no step loop and no call of the task around it, which
-            # would stay alive, and be walked by every collection, while it runs. It is the
-            # run's next step, for its key and those of tasks it awaits itself.
-            take_step(run)
-            await run_isolated(step, run)
+            # would stay alive, and be walked by every collection, while it runs.
+            try:
+                await run_isolated(step, run)
+            finally:
+                run.next_step += 1
         else:
-            await run_in_order(steps)
+            await run_in_order(steps, ())
     except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
         run.error = run.error or cancelled  # its dependencies are told: no commit
         raise
-    finally:
-        if run.exits is not None:
-            await run.release()
 
 
 @types.coroutine
@@ -132,7 +144,11 @@ def in_context(
             if error is None:
                 signal = context.run(coroutine.send, value)
             else:
-                signal, error = context.run(coroutine.throw, error), None
+                thrown, error = error, None
+                try:
+                    signal = context.run(coroutine.throw, thrown)
+                finally:
+                    del thrown  # raised again, it would hold this frame in its traceback
         except StopIteration:
             return
         try:
@@ -144,36 +160,48 @@ def in_context(
             error = thrown
 
 
-async def run_in_order(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
-    """Await each step after the last; if cancelled, report those that will never start."""
-    outer = position.get()
+async def run_in_order(
+    steps: Sequence[Callable[[], Awaitable[None]]], outer: tuple[int, ...] | None = None
+) -> None:
+    """Await each step after the last; if cancelled, report those that will never start.
+
+    `outer`: where the steps sit, `()` for steps of the run itself; by default, inside the
+    running task (`step_position()`).
+    """
     run = current_run.get() or _OUTSIDE
+    if outer is None:
+        outer = step_position()
     index = 0  # counted by hand: an iterator would be one more object alive per run
     while index < len(steps):
         step = steps[index]
+        task = is_task(step)
+        # A task of the run itself is its step `run.next_step` while it runs; a group's
+        # members number themselves after the group's step; a sequence's members are steps of
+        # the run, as on a queue.
+        numbered = not outer and (task or getattr(step, "as_group", True))
         if outer:  # in a group
             token = position.set((*outer, index))
-        elif getattr(step, "as_group", True):  # a task or a group: the run's next step
-            token = take_step(run)
-        else:  # a sequence: each of its members is a step of the run, as on a queue
+        elif numbered and not task:  # a group
+            token = position.set((run.next_step,))
+        else:
             token = None
         try:
-            # A task directly: its own call around run_isolated would be one more coroutine.
-            await (run_isolated(step, run) if is_task(step) else step())
+            # Tasks and sequences directly: their own calls would be one more coroutine each.
+            if task:
+                await run_isolated(cast("NamedTask", step), run)
+            elif token is None:
+                await run_in_order(cast("_Collection", step).members(), outer)
+            else:
+                await step()
         except BaseException:
             abandon(steps[index + 1 :])
             raise
         finally:
             if token is not None:
                 position.reset(token)
+            if numbered:
+                run.next_step += 1
         index += 1
-
-
-def take_step(run: Run) -> contextvars.Token[tuple[int, ...]]:
-    """Make the run's next step the running one (for idempotency keys); the token resets it."""
-    token = position.set((run.next_step,))
-    run.next_step += 1
-    return token
 
 
 def idempotency_key() -> str:
@@ -186,7 +214,12 @@ def idempotency_key() -> str:
     run = current_run.get()
     if run is None:
         raise RuntimeError("idempotency_key() is for a task that esm_tasks runs, while it runs")
-    return ":".join((run.run_id, ".".join(map(str, position.get() or (run.next_step,)))))
+    return ":".join((run.run_id, ".".join(map(str, step_position()))))
+
+
+def step_position() -> tuple[int, ...]:
+    """Where the running task sits: its place in a group, or its run's step."""
+    return position.get() or ((current_run.get() or _OUTSIDE).next_step,)
 
 
 def task_in(

@@ -14,7 +14,14 @@ from lilya.background import Task, Tasks
 from lilya.compat import is_async_callable
 from lilya.concurrency import AsyncCallable
 
-from ._execution import ThreadCall, abandon, position, run_in_order, run_isolated
+from ._execution import (
+    ThreadCall,
+    abandon,
+    position,
+    run_in_order,
+    run_isolated,
+    step_position,
+)
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 from ._task_dependencies import TaskDependencies, dependencies_of, plain_code
 
@@ -268,7 +275,7 @@ class BackgroundTasks(Tasks):
             await run_in_order(self.tasks)
             return
         started: set[int] = set()
-        outer = position.get()
+        outer = step_position()
 
         async def member(index: int, task: Task) -> None:
             started.add(index)

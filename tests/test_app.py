@@ -419,11 +419,11 @@ async def test_a_scope_that_went_through_one_app_runs_the_tasks_of_the_next() ->
     assert events == ["response started", "body sent", "legacy task"]
 
 
-def _two_runs(events: Events, first_task: Any) -> App:
+def _two_runs(events: Events, first_tasks: Any) -> App:
     """An app that tries a new app, then a legacy one, for each request: both hand a run
     over to the outer App, the new one's answering 404."""
 
-    @get("/item", background=first_task)
+    @get("/item", background=first_tasks)
     async def new() -> Response:
         return Response(status_code=404)
 
@@ -436,8 +436,20 @@ def _two_runs(events: Events, first_task: Any) -> App:
 
 async def test_each_run_a_request_handed_over_runs_in_turn_after_the_response() -> None:
     events = Events()
-    await drive(_two_runs(events, events.task("new app task")), "GET", "/item", events)
-    assert events == ["response started", "body sent", "new app task", "legacy task"]
+
+    async def yields_first() -> None:
+        events.append("new app task starts")
+        await anyio.sleep(0.01)  # the legacy run would start here, were they run at once
+        events.append("new app task ends")
+
+    await drive(_two_runs(events, yields_first), "GET", "/item", events)
+    assert events == [
+        "response started",
+        "body sent",
+        "new app task starts",
+        "new app task ends",
+        "legacy task",
+    ]
 
 
 async def test_a_request_cancelled_in_its_first_run_abandons_the_next(
@@ -450,14 +462,16 @@ async def test_a_request_cancelled_in_its_first_run_abandons_the_next(
         started.set()
         await anyio.sleep_forever()
 
-    request = asyncio.ensure_future(drive(_two_runs(events, blocks), "GET", "/item", events))
+    first_run = [blocks, events.task("after blocks")]
+    request = asyncio.ensure_future(drive(_two_runs(events, first_run), "GET", "/item", events))
     await started.wait()
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
     abandoned = [r for r in task_log if r.task_event == "abandoned"]  # type: ignore[attr-defined]
     names = [r.task_name.rsplit(".", 1)[-1] for r in abandoned]  # type: ignore[attr-defined]
-    assert names == ["blocks", "legacy task"]
+    assert names == ["blocks", "after blocks", "legacy task"]
+    assert {r.getMessage().split("(")[-1].split(")")[0] for r in abandoned} == {"GET /item"}
     assert events == ["response started", "body sent"]
 
 

@@ -2,10 +2,12 @@
 
 import logging
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Annotated
 
 import anyio
 import pytest
+from lilya.apps import Lilya
 from pydantic import Field
 
 from esm_tasks import (
@@ -417,3 +419,30 @@ async def test_closing_a_capturing_client_cleans_up_as_leaving_its_block_does() 
     assert events == []
     await client.aclose()
     assert events == ["session closed"]
+
+
+async def test_a_dependency_resets_what_it_set_after_the_tasks_of_its_request(
+    task_log: list[logging.LogRecord],
+) -> None:
+    # A clean-up that resets a context variable (as OpenTelemetry's detach does) needs the
+    # context it set it in: the request's, not the one its tasks ran in.
+    tenant: ContextVar[str] = ContextVar("tenant", default="none")
+    events = Events()
+
+    async def scoped_tenant() -> AsyncIterator[str]:
+        token = tenant.set("acme")
+        yield "acme"
+        tenant.reset(token)
+        events.append("tenant reset")
+
+    async def task() -> None:
+        events.append(f"task sees {tenant.get()}")
+
+    @get("/t", background=task)
+    async def handler(name: Annotated[str, Depends(scoped_tenant)]) -> str:
+        return name
+
+    for app in (App(routes=[handler]), Lilya(routes=[handler])):
+        await drive(app, "GET", "/t", events)
+    assert events == ["response started", "body sent", "task sees acme", "tenant reset"] * 2
+    assert [r.getMessage() for r in task_log if r.levelno >= logging.WARNING] == []
