@@ -3,9 +3,12 @@
 Every number in one table comes from the same run, in interleaved rounds, so that
 a busy machine slows every app alike. Each app's task count is checked. End to end,
 each app is loaded as fast as it answers, then at a fixed pace below that; the floor
-(plain Lilya starting each task itself) shows what no library can do better than, and
-Starlette, FastAPI, Litestar and Lilya, each with its own background tasks, where the peers
-are. `make bench` fails only on the targets of the tail: the merge and binding costs in
+(plain Lilya starting each task itself) shows what no library can do better than; the floor
+held open (a bare app whose call awaits its task) the least an app can do and keep the
+default mode's promise; the default mode with its startup heap frozen, how much of the tail
+is the collector walking that heap; and Starlette, FastAPI, Litestar and Lilya, each with its
+own background tasks, where the peers are. Each server records its collections, and the
+bench prints, beside the objects a waiting request keeps, how long they paused it. `make bench` fails only on the targets of the tail: the merge and binding costs in
 process, the default mode's p99 against the floor and the best peer, detached mode's against
 the floor, and what a waiting request keeps alive.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import os
 import platform
@@ -107,6 +111,7 @@ E2E_APPS = {  # label: uvicorn target
     "floor, call held open": "bench.e2e_app:held_open",
     "esm_tasks, in the request": "bench.e2e_app:app",
     "esm_tasks, detached": "bench.e2e_app:detached",
+    "esm_tasks, heap frozen": "bench.e2e_app:frozen",
     "Starlette": "bench.e2e_app:starlette_app",
     "FastAPI": "bench.e2e_app:fastapi_app",
     "Litestar": "bench.e2e_app:litestar_app",
@@ -236,6 +241,7 @@ def main() -> None:
     for app, target in E2E_APPS.items():
         module, name = target.split(":")
         kept[app] = anyio.run(kept_alive, getattr(importlib.import_module(module), name))
+        gc.unfreeze()  # should the app have frozen this process's heap as it started
         full, full_ms, young_ms = pauses[app]
         print(f"{app:28}{kept[app]:8.0f}{full:6.1f}{full_ms:8.1f}{young_ms:8.1f}", end="")
         print(f"{latency[steady, app]['/slow'][1]:11.2f}")

@@ -1,6 +1,7 @@
 """The apps the end-to-end benchmark serves: the same route with and without a slow task."""
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -43,6 +44,11 @@ app = App(routes=[fast, slow])
 
 # The same routes, with each request's tasks handed to a task of their own once sent.
 detached = App(routes=[fast, slow], detach_tasks=True)
+
+# The default mode with the heap the server started with frozen (`gc.freeze()` on startup,
+# as the README suggests under a steady load of slow tasks): full collections then walk
+# only what requests keep alive.
+frozen = App(routes=[fast, slow], on_startup=[gc.freeze])
 
 # The floor: the least any library can do to run a task after the response, in plain Lilya.
 # No ordering, isolation, logging or draining; the one thing kept is a reference to each

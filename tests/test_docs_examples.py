@@ -1,5 +1,6 @@
 """Every example in docs_src/ is imported and does what the README says."""
 
+import gc
 import importlib
 import os
 import pathlib
@@ -16,7 +17,7 @@ import pytest
 
 from esm_tasks.testing import TestClient
 
-from .support import QUEUES, serve
+from .support import QUEUES, lifespan, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -360,3 +361,14 @@ async def test_observability() -> None:
         in exposed
     )
     assert "esm_tasks_task_duration_seconds_bucket" in exposed
+
+
+async def test_steady_load() -> None:
+    module = example("steady_load")
+    try:
+        async with lifespan(module.app), TestClient(module.app) as http:
+            assert gc.get_freeze_count() > 0  # frozen as the app started
+            assert (await http.post("/orders/7")).json() == {"order": 7}
+    finally:
+        gc.unfreeze()  # the rest of the suite collects as usual
+    assert module.sent == ["receipt 7"]
