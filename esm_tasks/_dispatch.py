@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
 
-from ._execution import abandon, run_alone, run_steps, task_in
+from ._execution import abandon, make_current, run_in_order, run_steps, task_in
 from ._run import Run, Settings
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ def detach(steps: Steps, run: Run, context: contextvars.Context) -> None:
     tracker = run.settings.tracker
     assert tracker is not None  # detaching is only on while an App's lifespan runs
     run.let_go_of_the_request()  # it outlives its request: so should not the headers
+    context.run(make_current, run)
     tracker.start(task_in(context, _run_detached(steps, run, tracker)))
 
 
@@ -100,7 +101,10 @@ async def _run_detached(steps: Steps, run: Run, tracker: Tracker) -> None:
     with anyio.CancelScope() as scope:
         tracker.scopes.add(scope)
         try:
-            await run_alone(steps, run)
+            await run_in_order(steps, ())
+        except BaseException as cancelled:
+            run.error = run.error or cancelled  # its dependencies are told: no commit
+            raise
         finally:
             tracker.scopes.discard(scope)
             if run.exits is not None:

@@ -91,8 +91,12 @@ async def run_steps(
         tracker.add(run)
     if context is None:
         context = contextvars.copy_context()
+    context.run(make_current, run)
     try:
-        await in_context(context, run_alone(steps, run))
+        await in_context(context, run_in_order(steps, ()))
+    except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
+        run.error = run.error or cancelled  # its dependencies are told: no commit
+        raise
     finally:
         if run.exits is not None:
             # In the caller's context, which the request's dependencies were entered in: a
@@ -102,28 +106,12 @@ async def run_steps(
             tracker.discard(run)
 
 
-async def run_alone(steps: Sequence[Callable[[], Awaitable[None]]], run: Run) -> None:
-    """Run a request's steps in a context of the run's own (a task's, or `in_context`'s):
-    the run is current and numbers its steps there, and nothing needs setting back. Its
-    caller releases the request's dependencies once it ends.
-    """
+def make_current(run: Run) -> None:
+    """Make `run` the current one, its steps numbered from its next, in a context of its own
+    (a task's, or one `in_context` steps through), where nothing needs setting back."""
     current_run.set(run)
     if position.get():
         position.set(())  # its own steps, even if started inside a task
-    try:
-        step = steps[0] if len(steps) == 1 else None
-        if step is not None and is_task(step):
-            # One task, the usual case: no step loop and no call of the task around it, which
-            # would stay alive, and be walked by every collection, while it runs.
-            try:
-                await run_isolated(step, run)
-            finally:
-                run.next_step += 1
-        else:
-            await run_in_order(steps, ())
-    except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
-        run.error = run.error or cancelled  # its dependencies are told: no commit
-        raise
 
 
 @types.coroutine
@@ -174,25 +162,35 @@ async def run_in_order(
     index = 0  # counted by hand: an iterator would be one more object alive per run
     while index < len(steps):
         step = steps[index]
-        task = is_task(step)
+        task = step if is_task(step) else None
         # A task of the run itself is its step `run.next_step` while it runs; a group's
         # members number themselves after the group's step; a sequence's members are steps of
         # the run, as on a queue.
-        numbered = not outer and (task or getattr(step, "as_group", True))
+        numbered = not outer and (task is not None or getattr(step, "as_group", True))
         if outer:  # in a group
             token = position.set((*outer, index))
-        elif numbered and not task:  # a group
+        elif numbered and task is None:  # a group
             token = position.set((run.next_step,))
         else:
             token = None
         try:
-            # Tasks and sequences directly: their own calls would be one more coroutine each.
-            if task:
-                await run_isolated(cast("NamedTask", step), run)
-            elif token is None:
-                await run_in_order(cast("_Collection", step).members(), outer)
+            # Tasks and sequences directly: their own calls would be one more coroutine each,
+            # alive, and walked by every collection, while a slow task runs.
+            if task is None:
+                if token is None:  # a sequence
+                    await run_in_order(cast("_Collection", step).members(), outer)
+                else:
+                    await step()
+            elif run.simple and getattr(task, "policy", DEFAULT_POLICY) is DEFAULT_POLICY:
+                # What run_isolated does for the usual task.
+                _notify_started(task)
+                started = time.monotonic()
+                try:
+                    await task.invoke()
+                except BaseException as error:
+                    await _contain(task, run, error, started)
             else:
-                await step()
+                await run_isolated(task, run)
         except BaseException:
             abandon(steps[index + 1 :])
             raise
@@ -276,15 +274,20 @@ async def run_isolated(task: NamedTask, run: Run | None = None) -> None:
     started = time.monotonic()
     try:
         await task.invoke()
-        return
-    except asyncio.CancelledError as error:
+    except BaseException as error:
+        await _contain(task, run, error, started)
+
+
+async def _contain(task: NamedTask, run: Run, error: BaseException, started: float) -> None:
+    """What the usual task raised goes no further, but a cancellation of its run (reported
+    abandoned) and what no task should stop (KeyboardInterrupt, SystemExit)."""
+    if isinstance(error, asyncio.CancelledError):
         if _cancelled_from_outside():
             emit("abandoned", task, run, duration=time.monotonic() - started)
-            raise
-        failure: BaseException = error
-    except Exception as error:
-        failure = error
-    await _report(task, run, "failed", 1, time.monotonic() - started, failure)
+            raise error
+    elif not isinstance(error, Exception):
+        raise error
+    await _report(task, run, "failed", 1, time.monotonic() - started, error)
 
 
 async def _run_with_policy(task: NamedTask, policy: TaskPolicy, run: Run) -> None:
