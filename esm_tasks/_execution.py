@@ -1,7 +1,8 @@
 """Where tasks run: one request's steps in order, each task under its policy, failures contained.
 
-Isolation lives at the leaf (`run_isolated`), so it holds wherever a task is
-awaited: in an esm_tasks route, in a group, or in a plain Lilya response.
+Isolation lives at the leaf (`run_isolated`, and the step loop's own attempt of the usual
+task), so it holds wherever a task is awaited: in an esm_tasks route, in a group, or in a
+plain Lilya response.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ _OUTSIDE._request_id = "-"
 
 current_run: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
 # Where the running task sits in a group: the group's step, then its index in each group.
-# Unset for a task that is a step of its run itself: its step is the run's `next_step`,
-# which counts up as each step ends (sequences' members are steps of the run, numbered as a
-# queue's message numbers them). Unset too outside esm_tasks' step loops (a plain Lilya
-# response's tasks): the run's next step.
+# Unset for an async task that is a step of its run itself: its step is the run's
+# `next_step`, which counts up as each step ends (sequences' members are steps of the run,
+# numbered as a queue's message numbers them); set for a task in a thread, whose context is
+# copied as it starts. Unset outside esm_tasks' step loops (a plain Lilya response's tasks):
+# the run's next step.
 position: ContextVar[tuple[int, ...]] = ContextVar("esm_tasks_position", default=())
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
@@ -99,11 +101,27 @@ async def run_steps(
         raise
     finally:
         if run.exits is not None:
-            # In the caller's context, which the request's dependencies were entered in: a
-            # clean-up that resets a variable it set must find it there.
-            await run.release()
+            await _release_seeing(run, context)
         if tracker is not None:
             tracker.discard(run)
+
+
+async def _release_seeing(run: Run, context: contextvars.Context) -> None:
+    """Release the request's dependencies in the caller's context, which they were entered
+    in (a clean-up that resets a variable it set must find it there), with the variables
+    of `context` that differ set for the while: what the route saw, though the middleware
+    that set it has returned."""
+    taken = [
+        (var, var.set(value)) for var, value in context.items() if var.get(_UNSET) is not value
+    ]
+    try:
+        await run.release()
+    finally:
+        for var, token in reversed(taken):
+            var.reset(token)
+
+
+_UNSET = object()
 
 
 def make_current(run: Run) -> None:
@@ -169,10 +187,14 @@ async def run_in_order(
         numbered = not outer and (task is not None or getattr(step, "as_group", True))
         if outer:  # in a group
             token = position.set((*outer, index))
-        elif numbered and task is None:  # a group
+        elif numbered and (task is None or not getattr(task, "is_async", True)):
+            # A group, whose members number themselves after its step; or a task in a thread,
+            # which may ask for its key once the step is over (timed out, say).
             token = position.set((run.next_step,))
         else:
             token = None
+        if numbered:
+            run.stepping = True
         try:
             # Tasks and sequences directly: their own calls would be one more coroutine each,
             # alive, and walked by every collection, while a slow task runs.
@@ -185,10 +207,15 @@ async def run_in_order(
                 # What run_isolated does for the usual task.
                 _notify_started(task)
                 started = time.monotonic()
+                failure = None
                 try:
                     await task.invoke()
                 except BaseException as error:
-                    await _contain(task, run, error, started)
+                    if not _contained(task, run, error, started):
+                        raise
+                    failure = error
+                if failure is not None:
+                    await _report(task, run, "failed", 1, time.monotonic() - started, failure)
             else:
                 await run_isolated(task, run)
         except BaseException:
@@ -199,6 +226,7 @@ async def run_in_order(
                 position.reset(token)
             if numbered:
                 run.next_step += 1
+                run.stepping = False
         index += 1
 
 
@@ -212,12 +240,14 @@ def idempotency_key() -> str:
     run = current_run.get()
     if run is None:
         raise RuntimeError("idempotency_key() is for a task that esm_tasks runs, while it runs")
-    return ":".join((run.run_id, ".".join(map(str, step_position()))))
+    return ":".join((run.run_id, ".".join(map(str, position.get() or (run.next_step,)))))
 
 
 def step_position() -> tuple[int, ...]:
-    """Where the running task sits: its place in a group, or its run's step."""
-    return position.get() or ((current_run.get() or _OUTSIDE).next_step,)
+    """Where the running task sits: its place in a group, or the step of its run that is
+    running; `()` outside the steps of a run (a plain Lilya response's tasks)."""
+    run = current_run.get() or _OUTSIDE
+    return position.get() or ((run.next_step,) if run.stepping else ())
 
 
 def task_in(
@@ -272,22 +302,27 @@ async def run_isolated(task: NamedTask, run: Run | None = None) -> None:
     # The usual task: one attempt, no slot to wait for, and nobody listening.
     _notify_started(task)
     started = time.monotonic()
+    failure = None
     try:
         await task.invoke()
     except BaseException as error:
-        await _contain(task, run, error, started)
+        if not _contained(task, run, error, started):
+            raise
+        failure = error
+    if failure is not None:
+        await _report(task, run, "failed", 1, time.monotonic() - started, failure)
 
 
-async def _contain(task: NamedTask, run: Run, error: BaseException, started: float) -> None:
-    """What the usual task raised goes no further, but a cancellation of its run (reported
-    abandoned) and what no task should stop (KeyboardInterrupt, SystemExit)."""
+def _contained(task: NamedTask, run: Run, error: BaseException, started: float) -> bool:
+    """Whether what the usual task raised stops there, to be reported: all but a
+    cancellation of its run (reported abandoned here) and what no task should stop
+    (KeyboardInterrupt, SystemExit)."""
     if isinstance(error, asyncio.CancelledError):
         if _cancelled_from_outside():
             emit("abandoned", task, run, duration=time.monotonic() - started)
-            raise error
-    elif not isinstance(error, Exception):
-        raise error
-    await _report(task, run, "failed", 1, time.monotonic() - started, error)
+            return False
+        return True
+    return isinstance(error, Exception)
 
 
 async def _run_with_policy(task: NamedTask, policy: TaskPolicy, run: Run) -> None:

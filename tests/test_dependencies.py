@@ -8,6 +8,9 @@ from typing import Annotated
 import anyio
 import pytest
 from lilya.apps import Lilya
+from lilya.context import RequestContext
+from lilya.middleware import DefineMiddleware
+from lilya.middleware.request_context import RequestContextMiddleware
 from pydantic import Field
 
 from esm_tasks import (
@@ -446,3 +449,21 @@ async def test_a_dependency_resets_what_it_set_after_the_tasks_of_its_request(
         await drive(app, "GET", "/t", events)
     assert events == ["response started", "body sent", "task sees acme", "tenant reset"] * 2
     assert [r.getMessage() for r in task_log if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_clean_up_after_the_tasks_sees_what_the_request_middleware_set() -> None:
+    events = Events()
+
+    async def traced() -> AsyncIterator[None]:
+        yield
+        events.append(f"clean-up sees {RequestContext.get_request().url.path}")
+
+    async def task() -> None:
+        events.append("task")
+
+    @get("/seen", background=task)
+    async def handler(_: Annotated[None, Depends(traced)]) -> None: ...
+
+    app = App(routes=[handler], middleware=[DefineMiddleware(RequestContextMiddleware)])
+    await drive(app, "GET", "/seen", events)
+    assert events == ["response started", "body sent", "task", "clean-up sees /seen"]

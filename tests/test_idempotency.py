@@ -1,11 +1,20 @@
 """The idempotency key in-process: one per task of a run, numbered as a queue numbers them."""
 
+import threading
 from collections.abc import Awaitable, Callable
 
+import anyio
 import pytest
 from taskiq import InMemoryBroker
 
-from esm_tasks import App, BackgroundTask, BackgroundTasks, idempotency_key, post
+from esm_tasks import (
+    App,
+    BackgroundTask,
+    BackgroundTasks,
+    idempotency_key,
+    post,
+    task_policy,
+)
 from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.testing import TestClient
 
@@ -95,3 +104,28 @@ async def test_on_a_worker_a_nested_members_key_is_not_another_steps_key() -> No
     async with TestClient(app) as http:
         assert (await http.post("/q")).status_code == 201
     assert nested == ["outer before 0", "member 0.0", "member 0.1", "outer after 0", "last 1"]
+
+
+async def test_a_task_in_a_thread_keeps_its_key_once_its_step_is_over() -> None:
+    # A sync task's thread goes on after its step timed out; the key it records then must
+    # still be its own step's, not the step the run has moved on to.
+    later: list[str] = []
+    next_step_ran = threading.Event()
+
+    @task_policy(timeout=0.05)
+    def slow_in_a_thread() -> None:
+        next_step_ran.wait(timeout=10)
+        later.append(idempotency_key())
+
+    async def next_one() -> None:
+        later.append(idempotency_key())
+        next_step_ran.set()
+
+    @post("/thread", background=[slow_in_a_thread, next_one])
+    async def handler() -> None: ...
+
+    await drive(App(routes=[handler]), "POST", "/thread", Events())
+    with anyio.fail_after(10):
+        while len(later) < 2:  # the thread records once the next step has let it go
+            await anyio.sleep(0.01)
+    assert [key.partition(":")[2] for key in later] == ["1", "0"]
