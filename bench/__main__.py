@@ -2,15 +2,17 @@
 
 Every number in one table comes from the same run, in interleaved rounds, so that
 a busy machine slows every app alike. Each app's task count is checked. End to end,
-each app is loaded as fast as it answers, then at a fixed pace below that; the floor
+each app is loaded as fast as it answers, then at a fixed pace below that. The floor
 (plain Lilya starting each task itself) shows what no library can do better than; the floor
-held open (a bare app whose call awaits its task) the least an app can do and keep the
+held open (a bare app whose call awaits its task), the least an app can do and keep the
 default mode's promise; the default mode with its startup heap frozen, how much of the tail
 is the collector walking that heap; and Starlette, FastAPI, Litestar and Lilya, each with its
 own background tasks, where the peers are. Each server records its collections, and the
-bench prints, beside the objects a waiting request keeps, how long they paused it. `make bench` fails only on the targets of the tail: the merge and binding costs in
-process, the default mode's p99 against the floor and the best peer, detached mode's against
-the floor, and what a waiting request keeps alive.
+bench prints, beside the objects a waiting request keeps, how long they paused it.
+
+`make bench` fails only on the targets of the tail: the merge and binding costs in process,
+the default mode's p99 against the floor and the best peer, detached mode's against the
+floor, and what a waiting request keeps alive.
 """
 
 from __future__ import annotations
