@@ -205,7 +205,9 @@ async def run_in_order(
                     await step()
             elif run.simple and getattr(task, "policy", DEFAULT_POLICY) is DEFAULT_POLICY:
                 # What run_isolated does for the usual task.
-                _notify_started(task)
+                watcher = observer.get()
+                if watcher is not None:
+                    watcher.started(task)
                 started = time.monotonic()
                 failure = None
                 try:

@@ -116,7 +116,10 @@ class BackgroundTask(Task):
     and stops nothing else.
     """
 
-    __slots__ = ("_dependencies", "_is_async", "name", "policy")
+    __slots__ = ("_dependencies", "is_async", "name", "policy")
+
+    is_async: bool
+    """Whether the function runs on the event loop (else in a worker thread)."""
 
     if TYPE_CHECKING:  # `func` may also come by keyword, as Lilya's and Starlette's take it
 
@@ -166,10 +169,10 @@ class BackgroundTask(Task):
             attributes and "_is_coroutine_marker" in attributes
         ):
             self.name = func.__qualname__
-            self._is_async = bool(func.__code__.co_flags & inspect.CO_COROUTINE)
+            self.is_async = bool(func.__code__.co_flags & inspect.CO_COROUTINE)
         else:
             self.name = task_name(func)
-            self._is_async = is_async_callable(func)
+            self.is_async = is_async_callable(func)
         self.policy = (
             attributes.get(POLICY_ATTRIBUTE, DEFAULT_POLICY) if attributes else DEFAULT_POLICY
         )
@@ -188,11 +191,6 @@ class BackgroundTask(Task):
         task.policy = make_policy(f"{self.name}.with_policy", timeout, retries, backoff, when)
         return task
 
-    @property
-    def is_async(self) -> bool:
-        """Whether the function runs on the event loop (else in a worker thread)."""
-        return self._is_async
-
     def invoke(
         self,
         threads: anyio.CapacityLimiter | None = None,
@@ -209,9 +207,9 @@ class BackgroundTask(Task):
         """
         if self._dependencies is not None:
             return self._dependencies.call(
-                self.func, self.args, self.kwargs, self._is_async, threads, on_thread_end
+                self.func, self.args, self.kwargs, self.is_async, threads, on_thread_end
             )
-        if self._is_async:
+        if self.is_async:
             result: Awaitable[None] = self.func(*self.args, **self.kwargs)
             return result
         call: Callable[[], Any] = functools.partial(self.func, *self.args, **self.kwargs)
