@@ -24,5 +24,6 @@ app = App(
     routes=[place],
     # Modules, routes and settings live as long as the process: full collections need not
     # walk them. From now on they walk what requests keep alive, such as waiting tasks.
-    on_startup=[gc.freeze],
+    # Collected first, so that no garbage of the startup is kept for good.
+    on_startup=[gc.collect, gc.freeze],
 )

@@ -68,12 +68,12 @@ _OUTSIDE = Run({"method": "-", "path": "-"}, DEFAULT_SETTINGS, failed=None)
 _OUTSIDE._request_id = "-"
 
 current_run: ContextVar[Run | None] = ContextVar("esm_tasks_run", default=None)
-# Where the running task sits in a group: the group's step, then its index in each group.
-# Unset for an async task that is a step of its run itself: its step is the run's
-# `next_step`, which counts up as each step ends (sequences' members are steps of the run,
-# numbered as a queue's message numbers them); set for a task in a thread, whose context is
-# copied as it starts. Unset outside esm_tasks' step loops (a plain Lilya response's tasks):
-# the run's next step.
+# Where the running task sits: in a group, the group's step, then its index in each group;
+# for a task in a thread, whose context is copied as it starts, its step. Unset for an async
+# task that is a step of its run itself: its step is the run's `next_step`, which counts up
+# as each step ends (sequences' members are steps of the run, numbered as a queue's message
+# numbers them). Unset too for a task awaited outside a step loop (a plain Lilya response's
+# single task): the run's next step.
 position: ContextVar[tuple[int, ...]] = ContextVar("esm_tasks_position", default=())
 observer: ContextVar[Observer | None] = ContextVar("esm_tasks_observer", default=None)
 
@@ -96,7 +96,7 @@ async def run_steps(
     context.run(make_current, run)
     try:
         await in_context(context, run_in_order(steps, ()))
-    except BaseException as cancelled:  # tasks are isolated: only a cancellation gets here
+    except BaseException as cancelled:  # tasks are isolated: a cancellation, as a rule
         run.error = run.error or cancelled  # its dependencies are told: no commit
         raise
     finally:
@@ -109,19 +109,24 @@ async def run_steps(
 async def _release_seeing(run: Run, context: contextvars.Context) -> None:
     """Release the request's dependencies in the caller's context, which they were entered
     in (a clean-up that resets a variable it set must find it there), with the variables
-    of `context` that differ set for the while: what the route saw, though the middleware
-    that set it has returned."""
-    taken = [
-        (var, var.set(value)) for var, value in context.items() if var.get(_UNSET) is not value
+    that differ in the run's `context` set for the while: what the tasks saw, though the
+    middleware that set it has returned. esm_tasks' own stay out: a clean-up is no task."""
+    differ = [
+        (var, value)
+        for var, value in context.items()
+        if var not in _OWN and var.get(_UNSET) is not value
     ]
+    taken = [(var, value, var.set(value)) for var, value in differ]
     try:
         await run.release()
     finally:
-        for var, token in reversed(taken):
-            var.reset(token)
+        for var, value, token in reversed(taken):
+            if var.get(_UNSET) is value:  # else a clean-up set it: what it did stands
+                var.reset(token)
 
 
 _UNSET = object()
+_OWN: tuple[ContextVar[Any], ...] = (current_run, position)
 
 
 def make_current(run: Run) -> None:
@@ -218,6 +223,7 @@ async def run_in_order(
                     failure = error
                 if failure is not None:
                     await _report(task, run, "failed", 1, time.monotonic() - started, failure)
+                    failure = None  # its traceback would keep frames alive while steps go on
             else:
                 await run_isolated(task, run)
         except BaseException:
@@ -247,7 +253,7 @@ def idempotency_key() -> str:
 
 def step_position() -> tuple[int, ...]:
     """Where the running task sits: its place in a group, or the step of its run that is
-    running; `()` outside the steps of a run (a plain Lilya response's tasks)."""
+    running (`Run.stepping`); `()` outside the steps of a run."""
     run = current_run.get() or _OUTSIDE
     return position.get() or ((run.next_step,) if run.stepping else ())
 

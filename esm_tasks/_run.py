@@ -117,7 +117,7 @@ class Run:
         self._request_id: str | None = None
         self._run_id: str | None = None
         self.next_step = 0  # the number the run's next step takes, for its idempotency key
-        self.stepping = False  # whether that step is running: its tasks' keys name it
+        self.stepping = False  # whether that step is running (for a task awaiting a collection)
         self.route = "-"  # the route's template, as declared: what metrics and spans say
         # Where each task came from ("app", "handler", ...), by id, when instruments ask.
         self.sources: dict[int, str] | None = None

@@ -467,3 +467,24 @@ async def test_a_clean_up_after_the_tasks_sees_what_the_request_middleware_set()
     app = App(routes=[handler], middleware=[DefineMiddleware(RequestContextMiddleware)])
     await drive(app, "GET", "/seen", events)
     assert events == ["response started", "body sent", "task", "clean-up sees /seen"]
+
+
+async def test_a_clean_up_resetting_what_a_task_also_set_leaves_the_caller_as_it_was() -> None:
+    # The run's variables are set around the clean-up and put back after it, but not over
+    # what the clean-up did itself: an in-process caller's variable ends as it began.
+    tenant: ContextVar[str] = ContextVar("tenant", default="none")
+
+    async def scoped_tenant() -> AsyncIterator[None]:
+        token = tenant.set("acme")
+        yield
+        tenant.reset(token)
+
+    async def task() -> None:
+        tenant.set("changed by the task")
+
+    @get("/t", background=task)
+    async def handler(_: Annotated[None, Depends(scoped_tenant)]) -> None: ...
+
+    for app in (App(routes=[handler]), Lilya(routes=[handler])):
+        await drive(app, "GET", "/t", Events())
+        assert tenant.get() == "none"
