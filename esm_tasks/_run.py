@@ -136,7 +136,7 @@ class Run:
             settings.simple
             and not failed
             and not logger.isEnabledFor(logging.DEBUG)
-            and not _any_active(settings.instruments)
+            and not any(instrument.active() for instrument in settings.instruments)
         )
 
     @property
@@ -184,13 +184,6 @@ class Run:
             if name == b"x-request-id":
                 self._request_id = value.decode("latin-1")
                 return
-
-
-def _any_active(instruments: tuple[Instrument, ...]) -> bool:
-    for instrument in instruments:  # noqa: SIM110  (a generator for any() costs more)
-        if instrument.active():
-            return True
-    return False
 
 
 async def exit_dependencies(exits: contextlib.AsyncExitStack, error: BaseException | None) -> None:

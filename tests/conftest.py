@@ -25,12 +25,24 @@ def task_log() -> Iterator[list[logging.LogRecord]]:
     Listens on the logger itself, so that it holds in plain Lilya apps too, whose
     building reconfigures the root logger and detaches pytest's capture handler.
     """
+    yield from _listening(logging.DEBUG)
+
+
+@pytest.fixture
+def task_log_info() -> Iterator[list[logging.LogRecord]]:
+    """The `esm_tasks` logger's records from INFO up, as an app logs in production: a task
+    with the default policy then takes the usual path, without the clock or the events
+    that DEBUG asks for."""
+    yield from _listening(logging.INFO)
+
+
+def _listening(at: int) -> Iterator[list[logging.LogRecord]]:
     records: list[logging.LogRecord] = []
     handler = _Records(records)
     logger = logging.getLogger("esm_tasks")
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(at)
     try:
         yield records
     finally:

@@ -464,7 +464,8 @@ async def test_a_request_cancelled_in_its_first_run_abandons_the_next(
 
     first_run = [blocks, events.task("after blocks")]
     request = asyncio.ensure_future(drive(_two_runs(events, first_run), "GET", "/item", events))
-    await started.wait()
+    with anyio.fail_after(10):  # a task that never starts fails the test, not hangs it
+        await started.wait()
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
@@ -472,6 +473,49 @@ async def test_a_request_cancelled_in_its_first_run_abandons_the_next(
     names = [r.task_name.rsplit(".", 1)[-1] for r in abandoned]  # type: ignore[attr-defined]
     assert names == ["blocks", "after blocks", "legacy task"]
     assert {r.getMessage().split("(")[-1].split(")")[0] for r in abandoned} == {"GET /item"}
+    assert events == ["response started", "body sent"]
+
+
+async def test_at_info_a_failing_task_is_logged_with_its_request_and_the_next_one_runs(
+    task_log_info: list[logging.LogRecord],
+) -> None:
+    events = Events()
+
+    async def send_email() -> None:
+        raise ConnectionError("mail server down")
+
+    @post("/signup", background=[send_email, events.task("audit")])
+    async def signup() -> None: ...
+
+    await drive(App(routes=[signup]), "POST", "/signup", events)
+    assert events == ["response started", "body sent", "audit"]
+    [record] = errors(task_log_info)
+    assert record.task_name.endswith("send_email")  # type: ignore[attr-defined]
+    assert "POST /signup" in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ConnectionError)
+
+
+async def test_at_info_a_request_cancelled_in_a_task_abandons_it_and_the_rest(
+    task_log_info: list[logging.LogRecord],
+) -> None:
+    events = Events()
+    started = anyio.Event()
+
+    async def blocks() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    first_run = [blocks, events.task("after blocks")]
+    request = asyncio.ensure_future(drive(_two_runs(events, first_run), "GET", "/item", events))
+    with anyio.fail_after(10):  # a task that never starts fails the test, not hangs it
+        await started.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    abandoned = [r for r in task_log_info if r.task_event == "abandoned"]  # type: ignore[attr-defined]
+    names = [r.task_name.rsplit(".", 1)[-1] for r in abandoned]  # type: ignore[attr-defined]
+    assert names == ["blocks", "after blocks", "legacy task"]
     assert events == ["response started", "body sent"]
 
 
