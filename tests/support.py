@@ -37,6 +37,22 @@ class Events(list[str]):
         return record
 
 
+class Session:
+    """A stand-in for a database session, numbered in the order opened: open until its
+    dependency cleans up, writing what it is used for to `log`."""
+
+    opened = 0
+
+    def __init__(self, log: list[str]) -> None:
+        Session.opened += 1
+        self.number = Session.opened
+        self.log = log
+        self.open = True
+
+    def use(self, who: str) -> None:
+        self.log.append(f"{who} used an {'open' if self.open else 'CLOSED'} session")
+
+
 def errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
     return [record for record in records if record.levelno >= logging.ERROR]
 

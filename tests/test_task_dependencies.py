@@ -15,19 +15,9 @@ import pytest
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Depends, post, task_policy
 from esm_tasks.testing import TestClient
 
-from .support import default_pool_busy, failed_task_names
+from .support import Session, default_pool_busy, failed_task_names
 
 pytestmark = pytest.mark.anyio
-
-
-class Session:
-    opened = 0
-
-    def __init__(self, log: list[str]) -> None:
-        Session.opened += 1
-        self.number = Session.opened
-        self.log = log
-        self.open = True
 
 
 def make_sessions(log: list[str]) -> tuple[object, object]:
