@@ -28,12 +28,12 @@ def task_log() -> Iterator[list[logging.LogRecord]]:
     yield from _listening(logging.DEBUG)
 
 
-@pytest.fixture
-def task_log_info() -> Iterator[list[logging.LogRecord]]:
-    """The `esm_tasks` logger's records from INFO up, as an app logs in production: a task
-    with the default policy then takes the usual path, without the clock or the events
-    that DEBUG asks for."""
-    yield from _listening(logging.INFO)
+@pytest.fixture(params=[logging.DEBUG, logging.INFO], ids=["DEBUG", "INFO"])
+def task_log_at_each_level(request: pytest.FixtureRequest) -> Iterator[list[logging.LogRecord]]:
+    """The `esm_tasks` logger's records, the test run once at DEBUG and once from INFO up, as
+    an app logs in production: there a task with the default policy takes the usual path,
+    without the clock or the events that DEBUG asks for."""
+    yield from _listening(request.param)
 
 
 def _listening(at: int) -> Iterator[list[logging.LogRecord]]:

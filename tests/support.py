@@ -7,10 +7,13 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx
 import uvicorn
 from lilya.types import ASGIApp, Message, Send
@@ -34,6 +37,22 @@ class Events(list[str]):
         return record
 
 
+class Session:
+    """A stand-in for a database session, numbered in the order opened: open until its
+    dependency cleans up, writing what it is used for to `log`."""
+
+    opened = 0
+
+    def __init__(self, log: list[str]) -> None:
+        Session.opened += 1
+        self.number = Session.opened
+        self.log = log
+        self.open = True
+
+    def use(self, who: str) -> None:
+        self.log.append(f"{who} used an {'open' if self.open else 'CLOSED'} session")
+
+
 def errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
     return [record for record in records if record.levelno >= logging.ERROR]
 
@@ -48,9 +67,31 @@ def appending_to(messages: list[Message]) -> Send:
     return send
 
 
+def short_name(record: logging.LogRecord) -> str:
+    """The task a record is about, by the last part of its qualified name."""
+    return str(record.task_name).rsplit(".", 1)[-1]  # type: ignore[attr-defined]
+
+
 def failed_task_names(records: list[logging.LogRecord]) -> list[str]:
     """The short names of the tasks logged at ERROR, in the order logged."""
-    return [record.task_name.rsplit(".", 1)[-1] for record in errors(records)]  # type: ignore[attr-defined]
+    return [short_name(record) for record in errors(records)]
+
+
+def task_names(records: list[logging.LogRecord], event: str) -> list[str]:
+    """The short names of the tasks with records of this event (`abandoned`, ...), in order."""
+    return [short_name(r) for r in records if getattr(r, "task_event", None) == event]
+
+
+def forged_run(function: str, *args: object, request_id: str, path: str) -> dict[str, object]:
+    """A run as a message written straight to the broker would carry it, naming `function`."""
+    return {
+        "run_id": uuid.uuid4().hex,
+        "method": "POST",
+        "path": path,
+        "request_id": request_id,
+        "failed": None,
+        "steps": [{"kind": "task", "function": function, "args": list(args)}],
+    }
 
 
 @dataclass
@@ -166,6 +207,31 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
         yield
         await to_app.send({"type": "lifespan.shutdown"})
         assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+
+@contextlib.asynccontextmanager
+async def default_pool_busy() -> AsyncIterator[None]:
+    """anyio's default pool cut to one thread, which is busy until the block ends."""
+    pool = anyio.to_thread.current_default_thread_limiter()
+    saved, pool.total_tokens = pool.total_tokens, 1
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, hold)
+            with anyio.fail_after(10):
+                while not holding.is_set():  # the pool's one thread is taken
+                    await anyio.sleep(0.01)
+            try:
+                yield
+            finally:
+                release.set()
+    finally:
+        pool.total_tokens = saved
 
 
 # Queues the tests create on the local brokers, deleted after each test (see conftest.py):

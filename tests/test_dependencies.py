@@ -24,20 +24,9 @@ from esm_tasks import (
 )
 from esm_tasks.testing import TestClient
 
-from .support import Events, drive, lifespan
+from .support import Events, Session, drive, lifespan
 
 pytestmark = pytest.mark.anyio
-
-
-class Session:
-    """A stand-in for a database session: open until its dependency cleans up."""
-
-    def __init__(self, events: Events) -> None:
-        self.events = events
-        self.open = True
-
-    def use(self, who: str) -> None:
-        self.events.append(f"{who} used an {'open' if self.open else 'CLOSED'} session")
 
 
 def session_dependency(events: Events) -> tuple[object, object]:

@@ -123,7 +123,7 @@ async def test_streaming_tasks_wait_for_the_end_of_the_stream() -> None:
 
 
 async def test_a_failing_task_is_logged_with_request_and_the_rest_still_run(
-    task_log: list[logging.LogRecord],
+    task_log_at_each_level: list[logging.LogRecord],
 ) -> None:
     events = Events()
 
@@ -136,7 +136,7 @@ async def test_a_failing_task_is_logged_with_request_and_the_rest_still_run(
     reply = await drive(App(routes=[order]), "POST", "/orders/1", events)
     assert reply.status == 201  # the failure never reaches the server
     assert events[-1] == "after"
-    [record] = errors(task_log)
+    [record] = errors(task_log_at_each_level)
     assert record.levelno == logging.ERROR
     assert record.name == "esm_tasks"
     message = record.getMessage()
@@ -148,6 +148,7 @@ async def test_a_failing_task_is_logged_with_request_and_the_rest_still_run(
         "/orders/1",
     )
     assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ConnectionError)
     assert isinstance(record.exc_info[1], ConnectionError)
 
 

@@ -28,7 +28,7 @@ from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.testing import TestClient
 
 from . import queue_app
-from .support import Events, drive, lifespan, serve
+from .support import Events, drive, forged_run, lifespan, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -331,17 +331,9 @@ async def test_metrics_count_dead_letters() -> None:
         metrics=registry,
         tracing=False,
     )
-    forged = {
-        "run_id": "f1",
-        "method": "POST",
-        "path": "/orders/1",
-        "request_id": "forged",
-        "failed": None,
-        "steps": [{"kind": "task", "function": "os:system", "args": ["true"]}],
-    }
     task = broker.find_task("esm_tasks.run")
     assert task is not None
-    await task.kiq(forged)
+    await task.kiq(forged_run("os:system", "true", request_id="forged", path="/orders/1"))
     assert len(broker.dead) == 1
     assert _sample(registry, "esm_tasks_dead_letters_total") == 1
 

@@ -24,15 +24,13 @@ from esm_tasks import (
 )
 from esm_tasks.testing import TestClient
 
-from .support import Events, drive, errors
+from .support import Events, drive, errors, short_name
 
 pytestmark = pytest.mark.anyio
 
 
 def kinds(records: list[logging.LogRecord]) -> list[tuple[str, str]]:
-    return [
-        (r.task_event, r.task_name.rsplit(".", 1)[-1]) for r in records if hasattr(r, "task_event")
-    ]  # type: ignore[attr-defined]
+    return [(r.task_event, short_name(r)) for r in records if hasattr(r, "task_event")]  # type: ignore[attr-defined]
 
 
 async def test_a_hanging_task_is_cancelled_at_its_timeout_and_reported(

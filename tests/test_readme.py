@@ -14,11 +14,16 @@ def test_every_embedded_example_matches_its_module() -> None:
         assert code == (ROOT / path).read_text(), f"README copy of {path} is out of date"
 
 
-def test_every_example_module_is_in_the_readme() -> None:
+def test_every_example_module_is_in_the_readme_or_a_docs_page() -> None:
     readme = (ROOT / "README.md").read_text()
+    pages = "".join(page.read_text() for page in (ROOT / "docs").rglob("*.md"))
     examples = {p.name for p in (ROOT / "docs_src").glob("*.py")} - {"__init__.py", "demo.py"}
-    missing = {name for name in examples if f"<!-- docs_src/{name} -->" not in readme}
-    assert not missing, f"examples missing from the README: {sorted(missing)}"
+    missing = {
+        name
+        for name in examples
+        if f"<!-- docs_src/{name} -->" not in readme and f'--8<-- "docs_src/{name}"' not in pages
+    }
+    assert not missing, f"examples shown nowhere: {sorted(missing)}"
 
 
 def test_every_python_snippet_is_taken_from_an_example() -> None:
