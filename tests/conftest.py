@@ -29,11 +29,11 @@ def task_log() -> Iterator[list[logging.LogRecord]]:
 
 
 @pytest.fixture
-def task_log_info() -> Iterator[list[logging.LogRecord]]:
-    """The `esm_tasks` logger's records from INFO up, as an app logs in production: a task
-    with the default policy then takes the usual path, without the clock or the events
-    that DEBUG asks for."""
-    yield from _listening(logging.INFO)
+def task_log_warning() -> Iterator[list[logging.LogRecord]]:
+    """The `esm_tasks` logger's records from WARNING up, as an app logs that shows only what
+    goes wrong: a task with the default policy then takes the usual path, without the clock
+    or the lines that INFO (a success) and DEBUG (a start) ask for."""
+    yield from _listening(logging.WARNING)
 
 
 def _listening(at: int) -> Iterator[list[logging.LogRecord]]:

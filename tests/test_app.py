@@ -476,8 +476,8 @@ async def test_a_request_cancelled_in_its_first_run_abandons_the_next(
     assert events == ["response started", "body sent"]
 
 
-async def test_at_info_a_failing_task_is_logged_with_its_request_and_the_next_one_runs(
-    task_log_info: list[logging.LogRecord],
+async def test_at_warning_a_failing_task_is_logged_with_its_request_and_the_next_one_runs(
+    task_log_warning: list[logging.LogRecord],
 ) -> None:
     events = Events()
 
@@ -489,15 +489,15 @@ async def test_at_info_a_failing_task_is_logged_with_its_request_and_the_next_on
 
     await drive(App(routes=[signup]), "POST", "/signup", events)
     assert events == ["response started", "body sent", "audit"]
-    [record] = errors(task_log_info)
+    [record] = errors(task_log_warning)
     assert record.task_name.endswith("send_email")  # type: ignore[attr-defined]
     assert "POST /signup" in record.getMessage()
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ConnectionError)
 
 
-async def test_at_info_a_request_cancelled_in_a_task_abandons_it_and_the_rest(
-    task_log_info: list[logging.LogRecord],
+async def test_at_warning_a_request_cancelled_in_a_task_abandons_it_and_the_rest(
+    task_log_warning: list[logging.LogRecord],
 ) -> None:
     events = Events()
     started = anyio.Event()
@@ -513,7 +513,7 @@ async def test_at_info_a_request_cancelled_in_a_task_abandons_it_and_the_rest(
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
-    abandoned = [r for r in task_log_info if r.task_event == "abandoned"]  # type: ignore[attr-defined]
+    abandoned = [r for r in task_log_warning if r.task_event == "abandoned"]  # type: ignore[attr-defined]
     names = [r.task_name.rsplit(".", 1)[-1] for r in abandoned]  # type: ignore[attr-defined]
     assert names == ["blocks", "after blocks", "legacy task"]
     assert events == ["response started", "body sent"]
