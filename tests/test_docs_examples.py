@@ -17,7 +17,7 @@ import pytest
 
 from esm_tasks.testing import TestClient
 
-from .support import QUEUES, lifespan, serve
+from .support import QUEUES, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -237,11 +237,10 @@ async def test_app_wide() -> None:
 
 
 async def test_detached() -> None:
-    from .support import lifespan
 
     module = example("detached")
     module.finished.clear()
-    async with lifespan(module.app), TestClient(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/videos/cat.mp4")).json() == {"uploaded": "cat.mp4"}
     assert module.finished == ["cat.mp4"]  # drained at shutdown at the latest
 
@@ -366,7 +365,7 @@ async def test_observability() -> None:
 async def test_steady_load() -> None:
     module = example("steady_load")
     try:
-        async with lifespan(module.app), TestClient(module.app) as http:
+        async with TestClient(module.app) as http:
             assert gc.get_freeze_count() > 0  # frozen as the app started
             assert (await http.post("/orders/7")).json() == {"order": 7}
     finally:
