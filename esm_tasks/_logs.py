@@ -57,3 +57,29 @@ def _handled_elsewhere(name: str, fallback: logging.Handler) -> bool:
 
 
 logger.addHandler(_UnlessConfigured())
+
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def configure_worker(level: str) -> None:
+    """Logging for `esm-tasks worker --log-level LEVEL`: esm_tasks' records from LEVEL up, in
+    FORMAT on stderr unless the process set up logging already, and one line per message (the
+    worker's own, naming its tasks and request) in place of taskiq's "Executing task ..."."""
+    number = logging.getLevelName(level.upper())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=max(number, logging.INFO), format=FORMAT)
+    logger.setLevel(number)
+    receiver = logging.getLogger("taskiq.receiver.receiver")
+    if number > logging.DEBUG and not any(
+        isinstance(existing, _NotTaskiqsExecuting) for existing in receiver.filters
+    ):
+        receiver.addFilter(_NotTaskiqsExecuting())
+
+
+class _NotTaskiqsExecuting(logging.Filter):
+    """Drops taskiq's "Executing task esm_tasks.run with ID ...", which names neither the tasks
+    nor the request; the worker logs a line that does. At DEBUG both are shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Executing task")

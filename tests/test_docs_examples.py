@@ -2,6 +2,7 @@
 
 import gc
 import importlib
+import logging
 import os
 import pathlib
 import re
@@ -163,6 +164,26 @@ async def test_testing_kit() -> None:
     module.outbox.clear()
     await module.test_register_schedules_a_welcome_email()
     await module.test_the_email_goes_out_after_the_response()
+
+
+async def test_logs(task_log: list[logging.LogRecord]) -> None:
+    library = logging.getLogger("esm_tasks")
+    level = library.level
+    try:
+        module = example("logs")
+    finally:
+        library.setLevel(level)  # the example's switch is for the process that serves it
+    async with TestClient(module.app) as http:
+        response = await http.post("/orders/7", headers={"X-Request-ID": "order-7"})
+    assert response.json() == {"order": 7}
+    [failed] = [r for r in task_log if r.levelno == logging.ERROR]
+    assert failed.getMessage() == (
+        "task charge_card failed after the response to POST /orders/7 "
+        "[route /orders/{order:int}, request order-7]"
+    )
+    [succeeded] = [r for r in task_log if getattr(r, "task_event", "") == "succeeded"]
+    assert (succeeded.levelno, succeeded.task_name) == (logging.INFO, "send_receipt")  # type: ignore[attr-defined]
+    assert succeeded.http_route == "/orders/{order:int}"  # type: ignore[attr-defined]
 
 
 def test_testing_fixtures() -> None:
