@@ -166,6 +166,12 @@ async def test_testing_kit() -> None:
     await module.test_the_email_goes_out_after_the_response()
 
 
+def test_testing_sync() -> None:
+    module = example("testing_sync")
+    module.test_an_order_sends_its_receipt()
+    module.test_a_failed_order_alerts_support_and_sends_no_receipt()
+
+
 async def test_logs(task_log: list[logging.LogRecord]) -> None:
     library = logging.getLogger("esm_tasks")
     level = library.level
