@@ -38,12 +38,22 @@ package:
 run: $(STAMP)
 	$(BIN)/python -m uvicorn docs_src.demo:app --host 127.0.0.1 --port 8000 --log-level info
 
-# The example in docs_src/scaling_out.py, with two workers, on RabbitMQ at 127.0.0.1:5672.
+# The example in docs_src/scaling_out.py, with two workers, on RabbitMQ at 127.0.0.1:5672
+# (BROKER=rabbitmq, the default) or Redis at 127.0.0.1:6379 (BROKER=redis); BROKER_URL, if
+# set, names another. PORT: where the app is served (8000).
+BROKER ?= rabbitmq
+PORT   ?= 8000
+BROKER_URL_rabbitmq := amqp://guest:guest@127.0.0.1:5672/
+BROKER_URL_redis    := redis://127.0.0.1:6379/0
+
 run-queue: $(STAMP)
+	@test -n "$(BROKER_URL_$(BROKER))" || \
+	  { echo "make run-queue: BROKER is rabbitmq or redis, got '$(BROKER)'" >&2; exit 2; }
+	export BROKER_URL="$${BROKER_URL:-$(BROKER_URL_$(BROKER))}"; \
 	$(BIN)/esm-tasks worker docs_src.scaling_out:app & first=$$!; \
 	$(BIN)/esm-tasks worker docs_src.scaling_out:app & second=$$!; \
 	trap 'kill -TERM $$first $$second 2>/dev/null; wait' EXIT INT TERM; \
-	$(BIN)/python -m uvicorn docs_src.scaling_out:app --host 127.0.0.1 --port 8000
+	$(BIN)/python -m uvicorn docs_src.scaling_out:app --host 127.0.0.1 --port $(PORT)
 
 $(BENCH): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

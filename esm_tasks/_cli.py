@@ -1,6 +1,7 @@
 """The `esm-tasks` command. Thin: it parses arguments and calls what tests call too.
 
-esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S]
+esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S] [--log-level LEVEL]
+esm-tasks --version
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,9 +16,14 @@ from typing import Any
 
 import anyio
 
+from . import __version__
+from ._logs import LEVELS, configure_worker
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esm-tasks", description="esm_tasks' command line")
+    version = f"esm-tasks {__version__}"
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="run an app's queued tasks, taken from its broker")
     worker.add_argument("app", help="the app, as MODULE:ATTRIBUTE (as uvicorn takes it)")
@@ -29,6 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=30.0,
         help="seconds the runs under way get to finish on SIGTERM (30)",
     )
+    worker.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default="info",
+        help="esm_tasks' log lines from this level up (info: a line per run and each success)",
+    )
+    worker.add_argument("--version", action="version", version=version)
     dead = commands.add_parser("dead-letters", help="list the runs that could not run")
     dead.add_argument("app", help="the app, as MODULE:ATTRIBUTE")
     dead.add_argument("--requeue", action="store_true", help="send them back to the queue")
@@ -39,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency takes a whole number of at least 1")
     if arguments.shutdown_timeout < 0:
         parser.error("--shutdown-timeout takes seconds, 0 or more")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(message)s")
+    configure_worker(arguments.log_level)
     try:
         from .taskiq._worker import WorkerError
     except ImportError as error:

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._logs import logger as logger  # others import it from here
+
 if TYPE_CHECKING:
     from ._execution import NamedTask
     from ._run import Run
-
-logger = logging.getLogger("esm_tasks")
 
 EventKind = Literal[
     "started", "succeeded", "retrying", "failed", "timed_out", "abandoned", "skipped"
@@ -19,7 +19,7 @@ EventKind = Literal[
 
 _LEVELS: dict[str, int] = {
     "started": logging.DEBUG,
-    "succeeded": logging.DEBUG,
+    "succeeded": logging.INFO,
     "skipped": logging.DEBUG,
     "retrying": logging.WARNING,
     "failed": logging.ERROR,
@@ -43,6 +43,9 @@ class TaskEvent:
     """Seconds: since the response was sent for "started"; the attempt's length for
     "succeeded", "retrying", "failed", "timed_out" and "abandoned"."""
     error: BaseException | None = None
+    route: str = "-"
+    """The route's template, with the prefixes of the Includes it is in; "-" where unknown
+    (on a worker, unless spans or metrics asked the message to carry it)."""
 
     @property
     def name(self) -> str:
@@ -54,6 +57,7 @@ class TaskEvent:
             "task_name": self.task.name,
             "http_method": self.method,
             "http_path": self.path,
+            "http_route": self.route,
             "request_id": self.request_id,
             "attempt": self.attempt,
             "duration": self.duration,
@@ -73,7 +77,8 @@ class TaskEvent:
             "abandoned": f"abandoned: cancelled before it finished ({request})",
         }[self.kind]
         attempt = f", attempt {self.attempt}" if self.attempt > 1 or self.kind == "retrying" else ""
-        return f"{text} [request {self.request_id}{attempt}]"
+        route = f"route {self.route}, " if self.route not in ("-", self.path) else ""
+        return f"{text} [{route}request {self.request_id}{attempt}]"
 
 
 def emit(
@@ -90,7 +95,9 @@ def emit(
     listener = run.settings.on_task_event
     if listener is None and not logger.isEnabledFor(level):
         return None
-    event = TaskEvent(kind, task, run.method, run.path, run.request_id, attempt, duration, error)
+    event = TaskEvent(
+        kind, task, run.method, run.path, run.request_id, attempt, duration, error, run.route
+    )
     logger.log(
         level,
         "task %s %s",

@@ -131,11 +131,12 @@ class Run:
         # variables of the route that handed it over, which its tasks see.
         self.steps: Sequence[Callable[[], Awaitable[None]]] = ()
         self.context: contextvars.Context | None = None
-        # Whether a task with the default policy may skip the clock and the events.
+        # Whether a task with the default policy may skip the clock and the events: nothing
+        # listens, and no line is logged for a start (DEBUG) or a success (INFO).
         self.simple = (
             settings.simple
             and not failed
-            and not logger.isEnabledFor(logging.DEBUG)
+            and not logger.isEnabledFor(logging.INFO)
             and not any(instrument.active() for instrument in settings.instruments)
         )
 

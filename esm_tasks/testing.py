@@ -5,167 +5,44 @@
         client.assert_scheduled(send_email, to="ada@example.com")  # nothing was sent
         await client.run_scheduled()                                # now it is
 
-Without `capture`, tasks run as in production, inside the request's ASGI call, so each
-request returns with its tasks done. Needs httpx (`pip install esm-tasks[testing]`).
+`SyncTestClient` does the same for plain `def` tests. Without `capture`, tasks run as in
+production, inside the request's ASGI call, so each request returns with its tasks done.
+Used as a context manager, either client runs the app's lifespan around its requests.
+Needs httpx (`pip install esm-tasks[testing]`).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
 
 try:
     import httpx
 except ImportError as error:  # pragma: no cover - tested with httpx hidden
     raise ImportError("esm_tasks.testing needs httpx: pip install 'esm-tasks[testing]'") from error
-from lilya.background import Task
-from lilya.types import ASGIApp, Message, Receive, Scope, Send
+from lilya.types import ASGIApp, Message
 
-from ._execution import NamedTask, observer, run_steps
-from ._run import Run
-from ._tasks import BackgroundTask, BackgroundTasks
+from ._execution import observer, run_steps
+from ._kit import Assertions, Observed, Observer, ScheduledTask, request_number
 
-__all__ = ["ScheduledTask", "TestClient"]
+__all__ = ["ScheduledTask", "SyncTestClient", "TestClient"]
 
-# The number of the request under test whose handler or tasks are running.
-_request_number: ContextVar[int | None] = ContextVar("esm_tasks_request_number", default=None)
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ScheduledTask:
-    """One task a request scheduled: what it calls, where it came from, and when it runs.
-
-    A `functools.partial` is recorded as the call it makes: its function, with its
-    arguments followed by the task's.
-    """
-
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    name: str
-    source: str
-    """Where it was declared: "app", "include", "handler" (the route), "request" (added
-    while handling) or "response"."""
-    step: int
-    """The step of the request's run it belongs to, from 1; a collection's members share one."""
-    order: int
-    """Its place among the request's tasks, from 1; members of a group run at once."""
-    in_group: bool
-    request: str
-    """The request's method and path, e.g. "POST /register"."""
-    request_number: int | None = field(default=None, repr=False, compare=False)
-
-    def matches(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bool:
-        """Whether this is a call of `func` with (at least) these arguments, defaults applied."""
-        func, args, kwargs = _effective(func, args, kwargs)
-        if self.func != func:  # == and not "is": each `obj.method` is a new bound method
-            return False
-        if not args and not kwargs:
-            return True
-        try:
-            signature = inspect.signature(func)
-            actual = signature.bind(*self.args, **self.kwargs)
-            expected = signature.bind_partial(*args, **kwargs).arguments
-        except (TypeError, ValueError):  # no signature to bind to: compare as given
-            return self.args[: len(args)] == args and _contains(self.kwargs, kwargs)
-        actual.apply_defaults()
-        for name, value in expected.items():
-            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                if not _contains(actual.arguments[name], value):
-                    return False
-            elif actual.arguments.get(name, _ABSENT) != value:
-                return False
-        return True
-
-    def __str__(self) -> str:
-        where = f"step {self.step}{', in a group' if self.in_group else ''}"
-        return (
-            f"{_call(self.name, self.args, self.kwargs)}  [{self.source}, {where}, {self.request}]"
-        )
-
-
-_ABSENT = object()
-
-
-@dataclass
-class _Observer:
-    capture: bool
-    records: list[ScheduledTask] = field(default_factory=list)
-    pending: list[tuple[Run, int | None, list[Task]]] = field(default_factory=list)
-    # (kind, request number or None, detail): kind is "request", "response" or "task".
-    events: list[tuple[str, int | None, str]] = field(default_factory=list)
-
-    def scheduled(self, run: Run, steps: Sequence[tuple[str, Task]]) -> None:
-        number = _request_number.get()
-        request = f"{run.method} {run.path}"
-        order = sum(1 for record in self.records if record.request_number == number)
-        for step, (source, task_or_tasks) in enumerate(steps, start=1):
-            for task, in_group in _leaves(task_or_tasks, in_group=False):
-                order += 1
-                func, args, kwargs = _effective(task.func, tuple(task.args), dict(task.kwargs))
-                self.records.append(
-                    ScheduledTask(
-                        func=func,
-                        args=args,
-                        kwargs=kwargs,
-                        name=task.name,
-                        source=source,
-                        step=step,
-                        order=order,
-                        in_group=in_group,
-                        request=request,
-                        request_number=number,
-                    )
-                )
-        if self.capture:
-            self.pending.append((run, number, [task for _, task in steps]))
-
-    def started(self, task: NamedTask) -> None:
-        self.events.append(("task", _request_number.get(), task.name))
-
-
-class _Observed:
-    """The app under test, each request numbered and its response and tasks observed."""
-
-    def __init__(self, app: ASGIApp, watcher: _Observer) -> None:
-        self.app = app
-        self.watcher = watcher
-        self.requests = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.requests += 1
-        number = self.requests
-        events = self.watcher.events
-        events.append(("request", number, f"{scope['method']} {scope['path']}"))
-
-        async def observed_send(message: Message) -> None:
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                events.append(("response", number, ""))
-
-        token, numbered = observer.set(self.watcher), _request_number.set(number)
-        try:
-            await self.app(scope, receive, observed_send)
-        finally:
-            _request_number.reset(numbered)
-            observer.reset(token)
-
-
-class TestClient(httpx.AsyncClient):
+class TestClient(httpx.AsyncClient, Assertions):
     """An httpx client that calls the app in-process and sees every task it schedules.
 
     :param capture: record each request's tasks without running them; `run_scheduled()`
         runs them later. Tasks of a plain Lilya response returned by a plain Lilya route
         cannot be held: they run, and are seen as they start.
+    :param raise_app_exceptions: let an exception the app raises reach the test (the
+        default), or, when false, answer 500 as a server would, so that error paths are
+        tested by status code.
     """
 
     __test__ = False  # a helper, not a pytest test class
@@ -175,48 +52,42 @@ class TestClient(httpx.AsyncClient):
         app: ASGIApp,
         *,
         capture: bool = False,
+        raise_app_exceptions: bool = True,
         base_url: str = "http://testserver",
         **options: Any,
     ) -> None:
-        self._watcher = _Observer(capture)
-        transport = httpx.ASGITransport(app=_Observed(app, self._watcher))
+        if "transport" in options:
+            raise TypeError(
+                "TestClient makes its own transport to call the app; give it the app, and "
+                "raise_app_exceptions=False to get a 500 where the app raises"
+            )
+        self._watcher = Observer(capture)
+        self._app = app
+        self._lifespan: _Lifespan | None = None
+        transport = httpx.ASGITransport(
+            app=Observed(app, self._watcher), raise_app_exceptions=raise_app_exceptions
+        )
         super().__init__(transport=transport, base_url=base_url, **options)
 
-    @property
-    def scheduled(self) -> list[ScheduledTask]:
-        """Every task the requests so far scheduled, each request's in the order it runs them."""
-        return list(self._watcher.records)
-
-    @property
-    def events(self) -> list[str]:
-        """What happened, in order: "request GET /a", "response GET /a", "task send_email"."""
-        labels = {n: detail for kind, n, detail in self._watcher.events if kind == "request"}
-        return [
-            f"{kind} {detail if kind != 'response' else labels.get(number, '-')}"
-            for kind, number, detail in self._watcher.events
-        ]
-
-    def assert_scheduled(
-        self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> ScheduledTask:
-        """Fail unless some request scheduled `func`, called with (at least) these arguments."""
-        for task in self._watcher.records:
-            if task.matches(func, args, kwargs):
-                return task
-        raise AssertionError(
-            f"{_call(_name(func), args, kwargs)} was not scheduled; {self._listing()}"
-        )
-
-    def assert_not_scheduled(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
-        """Fail if some request scheduled `func` with (at least) these arguments."""
-        found = [task for task in self._watcher.records if task.matches(func, args, kwargs)]
-        if found:
-            lines = "\n".join(f"  {task}" for task in found)
-            raise AssertionError(f"{_call(_name(func), args, kwargs)} was scheduled:\n{lines}")
+    async def __aenter__(self) -> TestClient:
+        await super().__aenter__()
+        lifespan = _Lifespan(self._app)
+        try:
+            await lifespan.start()
+        except BaseException:
+            await super().__aexit__(None, None, None)
+            raise
+        self._lifespan = lifespan
+        return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._release_pending()
-        await super().__aexit__(*exc_info)
+        lifespan, self._lifespan = self._lifespan, None
+        try:
+            await self._release_pending()
+            if lifespan is not None:
+                await lifespan.stop()
+        finally:
+            await super().__aexit__(*exc_info)
 
     async def aclose(self) -> None:
         await self._release_pending()
@@ -236,74 +107,164 @@ class TestClient(httpx.AsyncClient):
         the client is closed, they have cleaned up already.
         """
         pending, self._watcher.pending = self._watcher.pending, []
-        token = observer.set(_Observer(capture=False, events=self._watcher.events))
+        token = observer.set(Observer(capture=False, events=self._watcher.events))
         try:
             for run, number, steps in pending:
-                numbered = _request_number.set(number)
+                numbered = request_number.set(number)
                 try:
                     await run_steps(steps, run)
                 finally:
-                    _request_number.reset(numbered)
+                    request_number.reset(numbered)
         finally:
             observer.reset(token)
 
-    def assert_response_before_tasks(self) -> None:
-        """Fail unless every task started after its own request's response was complete."""
-        labels: dict[int | None, str] = {}
-        complete: set[int | None] = set()
-        started = 0
-        for kind, number, detail in self._watcher.events:
-            if kind == "request":
-                labels[number] = detail
-            elif kind == "response":
-                complete.add(number)
-            else:
-                started += 1
-                # A task that belongs to no request's run is early for every open request.
-                mine = [number] if number is not None else list(labels)
-                for request in mine:
-                    if request not in complete:
-                        raise AssertionError(
-                            f"task {detail} started before the response to {labels[request]} "
-                            f"was complete; events: {self.events}"
-                        )
-        if not started:
-            raise AssertionError("no task has started yet, so there is nothing to prove")
 
-    def _listing(self) -> str:
-        if not self._watcher.records:
-            return "no task was scheduled at all"
-        lines = "\n".join(f"  {task}" for task in self._watcher.records)
-        return f"scheduled instead:\n{lines}"
+class SyncTestClient(Assertions):
+    """`TestClient` for plain `def` tests: the same options, requests and assertions.
+
+    `with SyncTestClient(app) as client:` runs the app, its lifespan and its tasks on one
+    event loop in a thread for the whole block; without `with`, each call gets a loop of its
+    own, so captured tasks whose dependencies hold a connection need the `with`.
+    """
+
+    __test__ = False  # a helper, not a pytest test class
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        capture: bool = False,
+        raise_app_exceptions: bool = True,
+        base_url: str = "http://testserver",
+        **options: Any,
+    ) -> None:
+        self.client = TestClient(
+            app,
+            capture=capture,
+            raise_app_exceptions=raise_app_exceptions,
+            base_url=base_url,
+            **options,
+        )
+        """The async client underneath, run on the loop's thread."""
+        self._watcher = self.client._watcher
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._exits: list[Callable[[Any, Any, Any], Any]] = []
+
+    def __enter__(self) -> SyncTestClient:
+        loop = anyio.from_thread.start_blocking_portal("asyncio")
+        portal = loop.__enter__()
+        running = portal.wrap_async_context_manager(self.client)
+        try:
+            running.__enter__()
+        except BaseException:
+            loop.__exit__(None, None, None)
+            raise
+        self._portal = portal
+        self._exits = [loop.__exit__, running.__exit__]
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._portal = None
+        exits, self._exits = self._exits, []
+        try:
+            exits[1](*exc_info)
+        finally:
+            exits[0](None, None, None)
+
+    def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(func, *args, **kwargs)
+        if self._portal is not None:
+            return self._portal.call(call)
+        with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+            return portal.call(call)
+
+    def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        response: httpx.Response = self._call(self.client.request, method, url, **options)
+        return response
+
+    def get(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("GET", url, **options)
+
+    def head(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("HEAD", url, **options)
+
+    def options(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("OPTIONS", url, **options)
+
+    def post(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("POST", url, **options)
+
+    def put(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("PUT", url, **options)
+
+    def patch(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("PATCH", url, **options)
+
+    def delete(self, url: str, **options: Any) -> httpx.Response:
+        return self.request("DELETE", url, **options)
+
+    def run_scheduled(self) -> None:
+        """Run the tasks captured so far, as `TestClient.run_scheduled` does."""
+        self._call(self.client.run_scheduled)
+
+    def close(self) -> None:
+        """Release what captured requests opened for tasks never run (`with` does it too)."""
+        self._call(self.client.aclose)
 
 
-def _leaves(step: Task, in_group: bool) -> Iterator[tuple[BackgroundTask, bool]]:
-    if isinstance(step, BackgroundTask):
-        yield step, in_group
-    elif isinstance(step, BackgroundTasks):
-        for member in step.members():
-            yield from _leaves(member, in_group or step.as_group)
+class _Lifespan:
+    """The app's lifespan, as a server runs it: startup before the first request, shutdown
+    after the last. An app that does not speak the lifespan protocol (it raises or returns
+    at once, as plain ASGI functions do) is served without one, as uvicorn's default does."""
 
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._to_app, self._inbox = anyio.create_memory_object_stream[Message](2)
+        self._outbox, self._from_app = anyio.create_memory_object_stream[Message | None](2)
+        self._group = anyio.create_task_group()
+        self._supported = True
+        self._started = False
 
-def _effective(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """The call a partial makes: its function, with its arguments and then these."""
-    while isinstance(func, functools.partial):
-        args = (*func.args, *args)
-        kwargs = {**func.keywords, **kwargs}
-        func = func.func
-    return func, args, kwargs
+    async def start(self) -> None:
+        await self._group.__aenter__()
+        try:
+            self._group.start_soon(self._serve)
+            await self._to_app.send({"type": "lifespan.startup"})
+            await self._expect("startup")
+        except BaseException:
+            self._supported = False  # nothing to shut down
+            await self.stop()
+            raise
 
+    async def stop(self) -> None:
+        try:
+            if self._supported:
+                await self._to_app.send({"type": "lifespan.shutdown"})
+                await self._expect("shutdown")
+        finally:
+            self._to_app.close()
+            try:
+                await self._group.__aexit__(None, None, None)
+            finally:
+                for stream in (self._inbox, self._outbox, self._from_app):
+                    stream.close()
 
-def _contains(actual: dict[str, Any], expected: dict[str, Any]) -> bool:
-    return all(key in actual and actual[key] == value for key, value in expected.items())
+    async def _expect(self, phase: str) -> None:
+        message = await self._from_app.receive()
+        if message is None:  # the app ended: it has no lifespan
+            self._supported = False
+        elif message["type"] == f"lifespan.{phase}.failed":
+            raise RuntimeError(f"the app's lifespan {phase} failed: {message.get('message', '')}")
+        else:
+            self._started = True
 
-
-def _name(func: Callable[..., Any]) -> str:
-    return str(getattr(func, "__qualname__", func))
-
-
-def _call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    shown = [repr(arg) for arg in args] + [f"{key}={value!r}" for key, value in kwargs.items()]
-    return f"{name}({', '.join(shown)})"
+    async def _serve(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        try:
+            await self.app(scope, self._inbox.receive, self._outbox.send)
+        except Exception:
+            if self._started:  # a failure of a lifespan that started: the test sees it
+                raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._outbox.send(None)

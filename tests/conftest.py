@@ -28,11 +28,13 @@ def task_log() -> Iterator[list[logging.LogRecord]]:
     yield from _listening(logging.DEBUG)
 
 
-@pytest.fixture(params=[logging.DEBUG, logging.INFO], ids=["DEBUG", "INFO"])
+@pytest.fixture(
+    params=[logging.DEBUG, logging.INFO, logging.WARNING], ids=["DEBUG", "INFO", "WARNING"]
+)
 def task_log_at_each_level(request: pytest.FixtureRequest) -> Iterator[list[logging.LogRecord]]:
-    """The `esm_tasks` logger's records, the test run once at DEBUG and once from INFO up, as
-    an app logs in production: there a task with the default policy takes the usual path,
-    without the clock or the events that DEBUG asks for."""
+    """The `esm_tasks` logger's records, the test run at DEBUG (starts), INFO (successes) and
+    from WARNING up, as an app logs that shows only what goes wrong: there a task with the
+    default policy takes the usual path, without the clock or the events the others ask for."""
     yield from _listening(request.param)
 
 

@@ -42,7 +42,7 @@ def test_version_is_a_string() -> None:
 def test_the_testing_kit_exports() -> None:
     import esm_tasks.testing
 
-    assert sorted(esm_tasks.testing.__all__) == ["ScheduledTask", "TestClient"]
+    assert sorted(esm_tasks.testing.__all__) == ["ScheduledTask", "SyncTestClient", "TestClient"]
 
 
 def test_the_public_classes_extend_lilyas() -> None:

@@ -65,12 +65,12 @@ async def test_app_and_include_tasks_run_outermost_first() -> None:
         "6 response",
     ]
     assert [(t.source, t.step) for t in client.scheduled] == [
-        ("app", 1),
+        ("app", 0),
+        ("include", 1),
         ("include", 2),
-        ("include", 3),
-        ("handler", 4),
-        ("request", 5),
-        ("response", 6),
+        ("handler", 3),
+        ("request", 4),
+        ("response", 5),
     ]
 
 

@@ -2,6 +2,7 @@
 
 import gc
 import importlib
+import logging
 import os
 import pathlib
 import re
@@ -17,7 +18,7 @@ import pytest
 
 from esm_tasks.testing import TestClient
 
-from .support import QUEUES, lifespan, serve
+from .support import QUEUES, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -165,6 +166,32 @@ async def test_testing_kit() -> None:
     await module.test_the_email_goes_out_after_the_response()
 
 
+def test_testing_sync() -> None:
+    module = example("testing_sync")
+    module.test_an_order_sends_its_receipt()
+    module.test_a_failed_order_alerts_support_and_sends_no_receipt()
+
+
+async def test_logs(task_log: list[logging.LogRecord]) -> None:
+    library = logging.getLogger("esm_tasks")
+    level = library.level
+    try:
+        module = example("logs")
+    finally:
+        library.setLevel(level)  # the example's switch is for the process that serves it
+    async with TestClient(module.app) as http:
+        response = await http.post("/orders/7", headers={"X-Request-ID": "order-7"})
+    assert response.json() == {"order": 7}
+    [failed] = [r for r in task_log if r.levelno == logging.ERROR]
+    assert failed.getMessage() == (
+        "task charge_card failed after the response to POST /orders/7 "
+        "[route /orders/{order:int}, request order-7]"
+    )
+    [succeeded] = [r for r in task_log if getattr(r, "task_event", "") == "succeeded"]
+    assert (succeeded.levelno, succeeded.task_name) == (logging.INFO, "send_receipt")  # type: ignore[attr-defined]
+    assert succeeded.http_route == "/orders/{order:int}"  # type: ignore[attr-defined]
+
+
 def test_testing_fixtures() -> None:
     # Run the example as a user would: pytest collects it and the plugin gives the fixtures.
     import subprocess
@@ -237,11 +264,10 @@ async def test_app_wide() -> None:
 
 
 async def test_detached() -> None:
-    from .support import lifespan
 
     module = example("detached")
     module.finished.clear()
-    async with lifespan(module.app), TestClient(module.app) as http:
+    async with TestClient(module.app) as http:
         assert (await http.post("/videos/cat.mp4")).json() == {"uploaded": "cat.mp4"}
     assert module.finished == ["cat.mp4"]  # drained at shutdown at the latest
 
@@ -369,7 +395,7 @@ async def test_observability() -> None:
 async def test_steady_load() -> None:
     module = example("steady_load")
     try:
-        async with lifespan(module.app), TestClient(module.app) as http:
+        async with TestClient(module.app) as http:
             assert gc.get_freeze_count() > 0  # frozen as the app started
             assert (await http.post("/orders/7")).json() == {"order": 7}
     finally:

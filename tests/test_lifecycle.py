@@ -54,7 +54,7 @@ async def test_detached_tasks_run_after_the_request_call_has_returned() -> None:
     async def handler() -> None: ...
 
     app = App(routes=[handler], detach_tasks=True)
-    async with lifespan(app), TestClient(app) as client:
+    async with TestClient(app) as client:
         with anyio.fail_after(10):
             await client.post("/d")  # returns although the task is still waiting
             await started.wait()  # the task runs on, the request's call over
@@ -71,9 +71,12 @@ async def test_without_a_running_lifespan_detached_tasks_run_in_the_request() ->
     @post("/d", background=events.task("task"))
     async def handler() -> None: ...
 
-    async with TestClient(App(routes=[handler], detach_tasks=True)) as client:
+    client = TestClient(App(routes=[handler], detach_tasks=True))  # not entered: no lifespan
+    try:
         await client.post("/d")
         assert events == ["task"]  # no task group to hand them to: they ran in the call
+    finally:
+        await client.aclose()
 
 
 async def test_shutdown_drains_finished_tasks_and_abandons_the_rest_before_app_hooks(
@@ -102,7 +105,7 @@ async def test_shutdown_drains_finished_tasks_and_abandons_the_rest_before_app_h
         shutdown_timeout=0.05,
         on_shutdown=[lambda: events.append("app shutdown hook")],
     )
-    async with lifespan(app), TestClient(app) as client:
+    async with TestClient(app) as client:
         await client.get("/quick")
         await client.get("/hang")
         await started.wait()
@@ -302,7 +305,7 @@ async def test_shutdown_ends_a_cancelled_task_that_awaits_in_its_cleanup(
 
     app = App(routes=[handler], detach_tasks=True, shutdown_timeout=0.05)
     with anyio.fail_after(10):  # the drain ends although the task awaits once cancelled
-        async with lifespan(app), TestClient(app) as client:
+        async with TestClient(app) as client:
             await client.post("/s")
             await running.wait()
     assert events == []
@@ -330,7 +333,7 @@ async def test_a_task_waiting_for_a_slot_at_shutdown_is_logged_as_abandoned(
     app = App(
         routes=[first, second], detach_tasks=True, shutdown_timeout=0.05, max_concurrent_tasks=1
     )
-    async with lifespan(app), TestClient(app) as client:
+    async with TestClient(app) as client:
         await client.post("/a")
         await running.wait()
         await client.post("/b")
@@ -396,7 +399,7 @@ async def test_a_detached_task_that_fails_is_reported_with_its_request() -> None
     async def order() -> None: ...
 
     app = App(routes=[order], detach_tasks=True, on_task_error=on_error)
-    async with lifespan(app), TestClient(app) as client:
+    async with TestClient(app) as client:
         await client.post("/orders", headers={"x-request-id": "req-42"})
         with anyio.fail_after(10):
             await failed.wait()
@@ -432,7 +435,7 @@ async def test_a_task_wrapping_a_group_reports_its_members_with_their_request(
     async def order() -> None: ...
 
     app = App(routes=[order], detach_tasks=detach, on_task_error=on_error)
-    async with lifespan(app), TestClient(app) as client:
+    async with TestClient(app) as client:
         await client.post("/orders", headers={"x-request-id": "req-42"})
         with anyio.fail_after(10):
             await failed.wait()
@@ -458,7 +461,7 @@ async def test_shutdown_lets_a_detached_task_finish_its_shielded_cleanup() -> No
 
     app = App(routes=[handler], detach_tasks=True, shutdown_timeout=0.05)
     with anyio.fail_after(10):
-        async with lifespan(app), TestClient(app) as client:
+        async with TestClient(app) as client:
             await client.post("/s")
             await running.wait()
     assert events == ["cleaned up"]

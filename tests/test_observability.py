@@ -28,7 +28,7 @@ from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.testing import TestClient
 
 from . import queue_app
-from .support import Events, drive, forged_run, lifespan, serve
+from .support import Events, drive, forged_run, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -343,7 +343,7 @@ async def test_a_detached_run_is_in_the_request_trace_too(
     detach: bool, spans: InMemorySpanExporter
 ) -> None:
     served = app(detach_tasks=detach)
-    async with lifespan(served), TestClient(served) as http:  # detached while it runs
+    async with TestClient(served) as http:  # detached while it runs
         await http.post("/users/2")
     tasks_under_the_request(spans.get_finished_spans())
 

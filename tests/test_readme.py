@@ -14,16 +14,31 @@ def test_every_embedded_example_matches_its_module() -> None:
         assert code == (ROOT / path).read_text(), f"README copy of {path} is out of date"
 
 
-def test_every_example_module_is_in_the_readme_or_a_docs_page() -> None:
+def _included_by_pages() -> set[str]:
+    """The files the documentation pages include with `--8<-- "path"`."""
+    pages = (ROOT / "docs").rglob("*.md")
+    return {
+        included
+        for page in pages
+        for included in re.findall(r'^\s*--8<-- "([^"]+)"', page.read_text(), re.MULTILINE)
+    }
+
+
+def test_every_example_module_is_in_the_readme_or_a_page() -> None:
     readme = (ROOT / "README.md").read_text()
-    pages = "".join(page.read_text() for page in (ROOT / "docs").rglob("*.md"))
+    included = _included_by_pages()
     examples = {p.name for p in (ROOT / "docs_src").glob("*.py")} - {"__init__.py", "demo.py"}
     missing = {
         name
         for name in examples
-        if f"<!-- docs_src/{name} -->" not in readme and f'--8<-- "docs_src/{name}"' not in pages
+        if f"<!-- docs_src/{name} -->" not in readme and f"docs_src/{name}" not in included
     }
-    assert not missing, f"examples shown nowhere: {sorted(missing)}"
+    assert not missing, f"examples missing from the README and the pages: {sorted(missing)}"
+
+
+def test_every_file_a_page_includes_exists() -> None:
+    missing = {path for path in _included_by_pages() if not (ROOT / path).is_file()}
+    assert not missing, f"pages include files that do not exist: {sorted(missing)}"
 
 
 def test_every_python_snippet_is_taken_from_an_example() -> None:

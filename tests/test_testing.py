@@ -56,12 +56,12 @@ async def test_capture_records_every_task_with_source_and_order_and_runs_none(ap
         assert (await client.post("/register?email=ada@example.com")).status_code == 200
     assert outbox == []
     assert [(t.name, t.source, t.step, t.order, t.in_group) for t in client.scheduled] == [
-        ("audit", "handler", 1, 1, False),
-        ("audit", "request", 2, 2, False),
+        ("audit", "handler", 0, 1, False),
+        ("audit", "request", 1, 2, False),
         ("send_email", "request", 2, 3, False),
         ("send_email", "response", 3, 4, False),
-        ("thumbnail", "response", 3, 5, True),
-        ("thumbnail", "response", 3, 6, True),
+        ("thumbnail", "response", 4, 5, True),
+        ("thumbnail", "response", 4, 6, True),
     ]
     first = client.scheduled[0]
     assert (first.func, first.args, first.kwargs, first.request) == (
@@ -97,7 +97,7 @@ async def test_failure_messages_list_what_was_scheduled_instead(app: App) -> Non
         "send_email('ada@example.com', subject='Confirm')  [request, step 2, POST /register]"
         in message
     )
-    assert "thumbnail(64)  [response, step 3, in a group, POST /register]" in message
+    assert "thumbnail(64)  [response, step 4, in a group, POST /register]" in message
 
     with pytest.raises(AssertionError, match=r"audit\(\) was scheduled:\n  audit\('register'\)"):
         client.assert_not_scheduled(audit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -221,6 +222,12 @@ class TaskiqBackend:
             return
         run = run_of(message, self._settings)
         run.sources = sources
+        if steps and logger.isEnabledFor(logging.INFO):
+            # One line per message, in place of taskiq's, which names neither.
+            logger.info(
+                "running %s: step %d of %d of %s [run %s]",
+                *(_names(steps[0]), run.next_step, run.next_step + len(steps), where, run.run_id),
+            )
         await run_steps(steps[:1], run)
         rest = message.rest()
         if rest is None or self.cut_short:
@@ -237,3 +244,11 @@ class TaskiqBackend:
                 *(where, error),
             )
             await run_steps(steps[1:], run)
+
+
+def _names(step: Task) -> str:
+    """The names of a step's tasks: "send_welcome", or "[resize, crop]" for a collection."""
+    members = getattr(step, "members", None)
+    if members is None:
+        return str(getattr(step, "name", step))
+    return f"[{', '.join(_names(member) for member in members())}]"
