@@ -26,7 +26,16 @@ from ._responses import (
     SendWatch,
     respond,
 )
-from ._run import DEFERRED, LAYERS, PREFIX, Run, Settings, close, settings_of
+from ._run import (
+    DEFERRED,
+    LAYERS,
+    PREFIX,
+    Run,
+    Settings,
+    close,
+    exit_dependencies,
+    settings_of,
+)
 from ._tasks import BackgroundSpec, task_name, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
@@ -166,8 +175,15 @@ class _Endpoint:
                     binding.body = body
                 if plan.has_early_exits:
                     # scope="function": cleaned up as soon as the handler has returned.
-                    async with contextlib.AsyncExitStack() as binding.early_exits:
+                    early = binding.early_exits = contextlib.AsyncExitStack()
+                    try:
                         result = await self.call(binding)
+                    except BaseException as error:
+                        # What a dependency raises instead at its yield goes on from here; if
+                        # one swallows the error, it still stands: there is no result.
+                        await early.__aexit__(type(error), error, error.__traceback__)
+                        raise
+                    await early.aclose()
                 else:
                     result = await self.call(binding)
                 if result is _INVALID:
@@ -179,15 +195,17 @@ class _Endpoint:
             if settings.backend is not None:  # what cannot be sent fails before the response
                 settings.backend.check(steps, route.where)
         except Exception as error:
-            # A dependency, the handler or the response failed: only the tasks declared for
-            # errors will run (see TaskPolicy.when), after the error response if an App can
-            # say when; otherwise now, before the error propagates. Dependencies clean up
-            # after them, told of the error.
+            # A dependency, the handler or the response failed. The error passes through the
+            # generator dependencies first, as through `with` blocks around the handler: what
+            # one raises at its yield instead (an HTTPException, say) is the answer. Then only
+            # the tasks declared for errors run (see TaskPolicy.when), after the error response
+            # if an App can say when; otherwise now, before the error propagates.
+            answer = error if exits is None else await _through(exits, error)
             steps = merge(declared, tasks, None)
             if steps:
-                await self.hand_over(scope, settings, steps, True, exits=exits, error=error)
-            elif exits is not None:
-                await close(exits, error, route.where)
+                await self.hand_over(scope, settings, steps, True, error=answer)
+            if answer is not error:
+                raise answer  # noqa: B904 - as the dependency raised it, with its own cause
             raise
         except BaseException as cancelled:  # the server ended the request: no task is owed
             if exits is not None:
@@ -253,6 +271,17 @@ class _Endpoint:
 
     def _labelled(self, scope: Scope, steps: tuple[Task, ...]) -> list[tuple[str, Task]]:
         return label_sources(steps, scope.get(LAYERS, ()), self.route.background)
+
+
+async def _through(exits: contextlib.AsyncExitStack, error: Exception) -> Exception:
+    """Throw the request's `error` in at its generator dependencies' yields, and return what
+    comes out: the same error, or what a dependency raised instead. One that swallows it
+    cannot answer for the handler, which returned nothing: the error stands."""
+    try:
+        await exit_dependencies(exits, error)
+    except Exception as raised:
+        return raised
+    return error
 
 
 def _alone(error: Exception) -> Exception:
