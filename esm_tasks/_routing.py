@@ -17,7 +17,7 @@ from ._binding import Binding, async_caller, read_body
 from ._dispatch import destination_of
 from ._execution import observer
 from ._merge import label_sources, merge, sources_by_task
-from ._params import plan
+from ._params import DependencyPlan, Plan, plan
 from ._responses import (
     MADE_WHILE_SENT,
     JSONResponse,
@@ -28,6 +28,7 @@ from ._responses import (
 )
 from ._run import (
     DEFERRED,
+    DEPENDENCIES,
     LAYERS,
     PREFIX,
     Run,
@@ -63,6 +64,7 @@ class TaskRoute(Path):
         name: str | None = None,
         response_class: type[LilyaResponse] = JSONResponse,
         include_in_schema: bool = True,
+        dependencies: Sequence[Any] = (),
     ) -> None:
         methods = [method.upper() for method in methods]
         where = f"{'/'.join(methods) or '(no method)'} {path}"
@@ -81,8 +83,21 @@ class TaskRoute(Path):
             include_in_schema=include_in_schema,
         )
         self.where = where
-        self.plan = plan(fn, frozenset(self.param_convertors), where)
+        self.plan = plan(fn, frozenset(self.param_convertors), where, dependencies)
+        # The plan under each chain of App and Include dependencies it was reached through.
+        self._plans: dict[tuple[DependencyPlan, ...], Plan] = {}
         self.call_handler = async_caller(fn)
+
+    def plan_in(self, scope: Scope) -> Plan:
+        """The plan for a request: the route's own, after the App's and Includes' dependencies
+        if any are around it."""
+        outer: tuple[DependencyPlan, ...] | None = scope.get(DEPENDENCIES)
+        if not outer:
+            return self.plan
+        layered = self._plans.get(outer)
+        if layered is None:
+            layered = self._plans[outer] = self.plan.under(outer)
+        return layered
 
     def __repr__(self) -> str:
         return f"TaskRoute({'/'.join(self.methods or ())} {self.path} -> {task_name(self.fn)})"
@@ -110,10 +125,11 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = settings_of(scope)
+        plan = self.route.plan_in(scope)
         # Generator dependencies clean up once the request's work here is done: after its
         # tasks (see Run.release), or after the body when it has none.
-        exits = contextlib.AsyncExitStack() if self.route.plan.has_exits else None
-        response, steps = await self.handle(scope, receive, settings, exits)
+        exits = contextlib.AsyncExitStack() if plan.has_exits else None
+        response, steps = await self.handle(scope, receive, settings, plan, exits)
         if response is None:
             if exits is not None:
                 await close(exits, None, self.route.where)
@@ -153,16 +169,16 @@ class _Endpoint:
         scope: Scope,
         receive: Receive,
         settings: Settings,
+        plan: Plan,
         exits: contextlib.AsyncExitStack | None,
     ) -> tuple[LilyaResponse | None, tuple[Task, ...]]:
         """Bind, call the handler, build its response, and merge this request's tasks."""
         route = self.route
-        plan = route.plan
         layers = scope.get(LAYERS, ())
         declared = tuple(s for _, s in layers) + route.background if layers else route.background
         tasks = draft = None
         try:
-            if plan.params:
+            if plan.binds:
                 tasks = RequestTasks() if plan.needs_tasks else None
                 draft = (
                     ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
@@ -177,7 +193,7 @@ class _Endpoint:
                     # scope="function": cleaned up as soon as the handler has returned.
                     early = binding.early_exits = contextlib.AsyncExitStack()
                     try:
-                        result = await self.call(binding)
+                        result = await self.call(plan, binding)
                     except BaseException as error:
                         # What a dependency raises instead at its yield goes on from here; if
                         # one swallows the error, it still stands: there is no result.
@@ -185,7 +201,7 @@ class _Endpoint:
                         raise
                     await early.aclose()
                 else:
-                    result = await self.call(binding)
+                    result = await self.call(plan, binding)
                 if result is _INVALID:
                     return JSONResponse({"detail": binding.errors}, status_code=422), ()
             else:
@@ -213,9 +229,9 @@ class _Endpoint:
             raise
         return response, steps
 
-    async def call(self, binding: Binding) -> Any:
+    async def call(self, plan: Plan, binding: Binding) -> Any:
         """The handler's result, or `_INVALID` if the request does not bind."""
-        kwargs = await self.route.plan.bind(binding)
+        kwargs = await plan.bind(binding)
         if binding.errors:
             return _INVALID
         return await self.route.call_handler(**kwargs)

@@ -8,7 +8,7 @@ turns the handler's error into an HTTP error, one that re-raises it, one that sw
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pytest
 from lilya.apps import Lilya
@@ -17,13 +17,13 @@ from lilya.requests import Request
 from lilya.responses import PlainText
 
 from esm_tasks import App, BackgroundTasks, Depends, get, task_policy
-from esm_tasks._depends import Scope
 from esm_tasks.testing import TestClient
 
 from .support import Events, errors
 
 pytestmark = pytest.mark.anyio
 
+Scope = Literal["request", "function"]
 SCOPES: list[Scope] = ["request", "function"]
 
 
