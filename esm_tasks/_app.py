@@ -78,7 +78,7 @@ class App(Lilya):
         dependencies: Any = None,
         **options: Any,
     ) -> None:
-        self.task_dependencies, lilyas = _split_dependencies(dependencies, "App")
+        self.task_dependencies, lilyas = _split_dependencies(dependencies, "App(...)")
         for name, value in (
             ("max_concurrent_tasks", max_concurrent_tasks),
             ("task_threads", task_threads),
@@ -242,7 +242,7 @@ def _split_dependencies(
     mapping, which Lilya keeps serving its own handlers with."""
     if dependencies is None or isinstance(dependencies, Mapping):
         return (), dependencies
-    return plan_effects(dependencies, frozenset(), f"{where}(dependencies=...)"), None
+    return plan_effects(dependencies, frozenset(), where), None
 
 
 class Include(LilyaInclude):
@@ -263,7 +263,9 @@ class Include(LilyaInclude):
         dependencies: Any = None,
         **options: Any,
     ) -> None:
-        self.task_dependencies, lilyas = _split_dependencies(dependencies, f"Include({path!r}")
+        self.task_dependencies, lilyas = _split_dependencies(
+            dependencies, f"Include({path!r}, ...)"
+        )
         super().__init__(path, app=app, routes=routes, dependencies=lilyas, **options)
         where = f"Include({path!r}, background=...)"
         self.background = tuple(("include", step) for step in to_steps(background, where))

@@ -241,11 +241,13 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, around: Around) -
         for param in params
         if param.name in in_path and param.source in ("path", "query")
     }
+    outer = params[: len(params) - len(list(_params(route.plan)))]
     outer_query = [
         _query_parameter(param)
-        for param in params[: len(params) - len(list(_params(route.plan)))]
+        for param in outer
         if param.source == "query" and param.name not in in_path
     ]
+    outer_can_fail = any(_can_fail(param) for param in outer)
     layers = tuple(a for a in around if not isinstance(a, DependencyPlan))
     declared = label_sources((), layers, route.background)
     for method in methods:
@@ -270,6 +272,13 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, around: Around) -
             if parameter.get("in") == "path" and parameter.get("name") in path_types:
                 parameter["schema"] = path_types[parameter["name"]]
         operation["parameters"] = parameters
+        responses = operation.setdefault("responses", {})
+        if outer_can_fail and "422" not in responses:  # the App's or an Include's may refuse it
+            schema = _schema(HTTPValidationError, raw=False)
+            responses["422"] = {
+                "description": "Invalid request",
+                "content": {"application/json": {"schema": schema}},
+            }
         if len(methods) > 1:  # Lilya names every method of a route alike
             operation["operationId"] = f"{operation.get('operationId', route.name)}_{method}"
         operation["x-background-tasks"] = [_entry(task, source) for source, task in declared]

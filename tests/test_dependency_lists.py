@@ -174,13 +174,14 @@ async def test_generators_in_lists_clean_up_by_their_scope() -> None:
 
     @post(
         "/orders",
-        dependencies=[Depends(transaction), Depends(timer, scope="function")],
+        dependencies=[Depends(timer, scope="function")],
         background=events.task("task"),
     )
     async def order() -> None:
         events.append("handler")
 
-    async with TestClient(App(routes=[Include("/shop", routes=[order])])) as http:
+    shop = Include("/shop", routes=[order], dependencies=[Depends(transaction)])
+    async with TestClient(App(routes=[shop])) as http:
         assert (await http.post("/shop/orders")).status_code == 201
     # scope="function" right after the handler; the request's scope once its tasks are done.
     assert events == ["begin", "handler", "timer stopped", "task", "commit"]
@@ -237,11 +238,11 @@ async def handler() -> None: ...
         ),
         (
             lambda: Include("/api", routes=[], dependencies=[require_token]),
-            r"Include\('/api'\(dependencies=...\): dependencies= takes a list of Depends",
+            r"Include\('/api', ...\): dependencies= takes a list of Depends\(function\)",
         ),
         (
             lambda: App(routes=[], dependencies=(Depends(require_token), "token")),
-            r"App\(dependencies=...\): dependencies= takes a list of Depends",
+            r"App\(...\): dependencies= takes a list of Depends\(function\), got \(Depends",
         ),
     ],
 )
@@ -272,8 +273,11 @@ async def test_list_dependencies_declare_their_query_parameters_in_openapi() -> 
     @get("/items", dependencies=[Depends(page)])
     async def items(limit: int = 10) -> None: ...
 
+    @get("/plain")
+    async def plain() -> None: ...
+
     app = App(
-        routes=[Include("/api", routes=[items], dependencies=[Depends(tenant)])],
+        routes=[Include("/api", routes=[items, plain], dependencies=[Depends(tenant)])],
         dependencies=[Depends(require_token)],
         enable_openapi=True,
     )
@@ -287,3 +291,8 @@ async def test_list_dependencies_declare_their_query_parameters_in_openapi() -> 
     assert parameters["tenant"]["required"] is True
     assert parameters["x_token"]["required"] is False
     assert parameters["page"]["schema"]["type"] == "integer"
+    # The Include's tenant is required: a request without it gets a 422, documented on a route
+    # that has no parameter of its own.
+    operation = document["paths"]["/api/plain"]["get"]
+    assert {p["name"] for p in operation["parameters"]} == {"x_token", "tenant"}
+    assert "422" in operation["responses"]
