@@ -157,14 +157,18 @@ def plan_effects(
 ) -> tuple[DependencyPlan, ...]:
     """The plans of a `dependencies=[Depends(fn), ...]` list, each run for its effect; any other
     value is a TypeError naming `where`."""
-    if not isinstance(dependencies, (list, tuple)) or not all(
-        isinstance(item, Dependency) for item in dependencies
-    ):
+    if not isinstance(dependencies, (list, tuple)):
         raise TypeError(
             f"{where}: dependencies= takes a list of Depends(function), got {dependencies!r}"
         )
     effects = []
     for marker in dependencies:
+        if not isinstance(marker, Dependency):
+            hint = f"; write Depends({_name(marker)})" if callable(marker) else ""
+            raise TypeError(
+                f"{where}: dependencies= takes a list of Depends(function), got {marker!r} "
+                f"in it{hint}"
+            )
         if marker.dependency is None:
             raise TypeError(
                 f"{where}: Depends() in dependencies= has no annotation to call; write "

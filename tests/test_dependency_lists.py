@@ -230,7 +230,8 @@ async def handler() -> None: ...
         ),
         (
             lambda: get("/x", dependencies=[require_token])(handler),
-            r"GET /x: dependencies= takes a list of Depends\(function\), got \[<function",
+            r"GET /x: dependencies= takes a list of Depends\(function\), got <function "
+            r"require_token at \w+> in it; write Depends\(require_token\)",
         ),
         (
             lambda: post("/x", dependencies=[Depends()])(handler),
@@ -242,7 +243,7 @@ async def handler() -> None: ...
         ),
         (
             lambda: App(routes=[], dependencies=(Depends(require_token), "token")),
-            r"App\(...\): dependencies= takes a list of Depends\(function\), got \(Depends",
+            r"App\(...\): dependencies= takes a list of Depends\(function\), got 'token' in it$",
         ),
     ],
 )
