@@ -155,8 +155,9 @@ class App(Lilya):
         layers = scope.get(LAYERS)
         if settings.background:
             scope[LAYERS] = (layers or ()) + settings.background
-        dependencies = scope.get(DEPENDENCIES)
-        if self.task_dependencies:
+        dependencies = None
+        if self.task_dependencies:  # only then: the usual request pays nothing for them
+            dependencies = scope.get(DEPENDENCIES)
             scope[DEPENDENCIES] = (dependencies or ()) + self.task_dependencies
         # Mounted in another App, this one's tasks are one more layer; the rest, the handover
         # included, is the outer's.
@@ -176,10 +177,11 @@ class App(Lilya):
                 scope.pop(LAYERS, None)
             else:
                 scope[LAYERS] = layers
-            if dependencies is None:
-                scope.pop(DEPENDENCIES, None)
-            else:
-                scope[DEPENDENCIES] = dependencies
+            if self.task_dependencies:
+                if dependencies is None:
+                    del scope[DEPENDENCIES]
+                else:
+                    scope[DEPENDENCIES] = dependencies
             if handover is not None:
                 del scope[SETTINGS], scope[DEFERRED]
                 if handover:  # the response is out, and the layers have returned

@@ -88,12 +88,9 @@ class TaskRoute(Path):
         self._plans: dict[tuple[DependencyPlan, ...], Plan] = {}
         self.call_handler = async_caller(fn)
 
-    def plan_in(self, scope: Scope) -> Plan:
-        """The plan for a request: the route's own, after the App's and Includes' dependencies
-        if any are around it."""
-        outer: tuple[DependencyPlan, ...] | None = scope.get(DEPENDENCIES)
-        if not outer:
-            return self.plan
+    def plan_under(self, outer: tuple[DependencyPlan, ...]) -> Plan:
+        """The plan for a request that came through App and Include dependencies: the route's
+        own, after those."""
         layered = self._plans.get(outer)
         if layered is None:
             layered = self._plans[outer] = self.plan.under(outer)
@@ -125,7 +122,8 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = settings_of(scope)
-        plan = self.route.plan_in(scope)
+        outer = scope.get(DEPENDENCIES)  # the App's and Includes' dependencies, if any
+        plan = self.route.plan_under(outer) if outer else self.route.plan
         # Generator dependencies clean up once the request's work here is done: after its
         # tasks (see Run.release), or after the body when it has none.
         exits = contextlib.AsyncExitStack() if plan.has_exits else None
