@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -20,8 +20,9 @@ from ._dispatch import Handover, QueueBackend
 from ._events import TaskEvent
 from ._instruments import instruments
 from ._lifecycle import Tracker, serve_lifespan
+from ._params import DependencyPlan, plan_effects
 from ._routing import TaskRoute
-from ._run import DEFERRED, LAYERS, PREFIX, SETTINGS, Settings
+from ._run import DEFERRED, DEPENDENCIES, LAYERS, PREFIX, SETTINGS, Settings
 from ._tasks import BackgroundSpec, BackgroundTask, BackgroundTasks, to_steps
 
 
@@ -53,6 +54,8 @@ class App(Lilya):
         the request handed its tasks over; "link": a root span linked to it.
     :param metrics: True (prometheus-client's default registry) or a registry: record
         `esm_tasks_*` metrics there.
+    :param dependencies: a list of `Depends(fn)`, run for their effect before every esm_tasks
+        route's own; a dict is Lilya's own kind, given to Lilya as it is.
     """
 
     task_settings: Settings
@@ -72,8 +75,10 @@ class App(Lilya):
         tracing: bool = True,
         task_span_parent: Literal["child", "link"] = "child",
         metrics: bool | Any = False,
+        dependencies: Any = None,
         **options: Any,
     ) -> None:
+        self.task_dependencies, lilyas = _split_dependencies(dependencies, "App(...)")
         for name, value in (
             ("max_concurrent_tasks", max_concurrent_tasks),
             ("task_threads", task_threads),
@@ -110,6 +115,8 @@ class App(Lilya):
         )
         self.shutdown_timeout = float(shutdown_timeout)
         _leave_logging_alone(options)
+        if lilyas is not None:
+            options["dependencies"] = lilyas
         super().__init__(*args, **options)
         if task_backend is not None:
             # A task no worker could import or whose arguments JSON cannot carry fails here.
@@ -148,6 +155,10 @@ class App(Lilya):
         layers = scope.get(LAYERS)
         if settings.background:
             scope[LAYERS] = (layers or ()) + settings.background
+        dependencies = None
+        if self.task_dependencies:  # only then: the usual request pays nothing for them
+            dependencies = scope.get(DEPENDENCIES)
+            scope[DEPENDENCIES] = (dependencies or ()) + self.task_dependencies
         # Mounted in another App, this one's tasks are one more layer; the rest, the handover
         # included, is the outer's.
         handover = None if SETTINGS in scope else Handover()
@@ -166,6 +177,11 @@ class App(Lilya):
                 scope.pop(LAYERS, None)
             else:
                 scope[LAYERS] = layers
+            if self.task_dependencies:
+                if dependencies is None:
+                    del scope[DEPENDENCIES]
+                else:
+                    scope[DEPENDENCIES] = dependencies
             if handover is not None:
                 del scope[SETTINGS], scope[DEFERRED]
                 if handover:  # the response is out, and the layers have returned
@@ -221,10 +237,22 @@ def _leave_logging_alone(options: dict[str, Any]) -> None:
     options["logging_config"] = StandardLoggingConfig(skip_setup_configure=True)
 
 
-class Include(LilyaInclude):
-    """Lilya's `Include`, whose `background=` tasks run for every route under it.
+def _split_dependencies(
+    dependencies: Any, where: str
+) -> tuple[tuple[DependencyPlan, ...], Mapping[str, Any] | None]:
+    """esm_tasks' `dependencies=[Depends(fn), ...]`, planned, and Lilya's own `{name: Provide}`
+    mapping, which Lilya keeps serving its own handlers with."""
+    if dependencies is None or isinstance(dependencies, Mapping):
+        return (), dependencies
+    return plan_effects(dependencies, frozenset(), where), None
 
-    They run after the app's and any enclosing include's, before the route's own.
+
+class Include(LilyaInclude):
+    """Lilya's `Include`, whose `background=` tasks run for every route under it, and whose
+    `dependencies=[Depends(fn), ...]` run before every esm_tasks route's own.
+
+    Both come after the app's and any enclosing include's, before the route's own. A dict of
+    Lilya's `Provide` for `dependencies=` is Lilya's, given to Lilya as it is.
     """
 
     def __init__(
@@ -234,9 +262,13 @@ class Include(LilyaInclude):
         routes: Sequence[Any] | None = None,
         *,
         background: BackgroundSpec = None,
+        dependencies: Any = None,
         **options: Any,
     ) -> None:
-        super().__init__(path, app=app, routes=routes, **options)
+        self.task_dependencies, lilyas = _split_dependencies(
+            dependencies, f"Include({path!r}, ...)"
+        )
+        super().__init__(path, app=app, routes=routes, dependencies=lilyas, **options)
         where = f"Include({path!r}, background=...)"
         self.background = tuple(("include", step) for step in to_steps(background, where))
 
@@ -244,6 +276,8 @@ class Include(LilyaInclude):
         match, child_scope = super().handle_match(scope, *args, **kwargs)
         if self.background:
             child_scope[LAYERS] = scope.get(LAYERS, ()) + self.background
+        if self.task_dependencies:
+            child_scope[DEPENDENCIES] = scope.get(DEPENDENCIES, ()) + self.task_dependencies
         # The template of the path so far, for spans and metrics (never the raw path).
         child_scope[PREFIX] = scope.get(PREFIX, "") + self.path.rstrip("/")
         return match, child_scope

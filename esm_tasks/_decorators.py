@@ -24,6 +24,8 @@ class RouteOptions(TypedDict, total=False):
     response_class: type[LilyaResponse]
     """Class that serialises returned data; `JSONResponse` by default."""
     include_in_schema: bool
+    dependencies: Sequence[Any]
+    """`Depends(fn)` markers run for their effect before the handler's parameters."""
 
 
 Decorator = Callable[[Callable[..., Any]], TaskRoute]

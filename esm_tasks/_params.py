@@ -12,7 +12,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
@@ -73,14 +73,20 @@ class Plan:
     """What a request must provide: "tasks", "draft", "body" (read first), and exit stacks
     for generator dependencies: "exits" (closed when the request's work is done),
     "early_exits" (closed when the handler returns)."""
+    effects: tuple[DependencyPlan, ...] = ()
+    """Dependencies run for their effect before the parameters, outermost first: those of
+    `dependencies=[...]` on the App, each Include and the route."""
     # Read on every request, so derived once from `needs`.
     needs_tasks: bool = field(init=False)
     needs_draft: bool = field(init=False)
     reads_body: bool = field(init=False)
     has_exits: bool = field(init=False)
     has_early_exits: bool = field(init=False)
+    binds: bool = field(init=False)
+    """Whether a request has anything to bind: parameters or effects."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "binds", bool(self.params or self.effects))
         for flag, need in (
             ("needs_tasks", "tasks"),
             ("needs_draft", "draft"),
@@ -91,6 +97,8 @@ class Plan:
             object.__setattr__(self, flag, need in self.needs)
 
     async def bind(self, binding: Binding) -> dict[str, Any]:
+        for effect in self.effects:
+            await effect.resolve(binding)
         values: dict[str, Any] = {}
         for param in self.params:
             if param.dependency is None:
@@ -99,8 +107,14 @@ class Plan:
                 values[param.name] = await param.dependency.resolve(binding)
         return values
 
+    def under(self, outer: tuple[DependencyPlan, ...]) -> Plan:
+        """This plan, with the dependencies of the App and Includes around it run first."""
+        needs = self.needs.union(*(effect.plan.needs for effect in outer))
+        return Plan(self.params, needs, outer + self.effects)
 
-@dataclass(frozen=True, slots=True)
+
+# Compared and hashed by identity: a tuple of them keys the plans of a route under its layers.
+@dataclass(frozen=True, slots=True, eq=False)
 class DependencyPlan:
     func: Callable[..., Any]
     plan: Plan
@@ -122,9 +136,51 @@ class DependencyPlan:
         return value
 
 
-def plan(func: Callable[..., Any], path_params: frozenset[str], where: str) -> Plan:
-    """Plan the binding of `func`'s parameters; `where` names the route in errors."""
-    return _plan(func, path_params, where, (), for_task=False)
+def plan(
+    func: Callable[..., Any],
+    path_params: frozenset[str],
+    where: str,
+    dependencies: Sequence[Dependency] = (),
+) -> Plan:
+    """Plan the binding of `func`'s parameters, after `dependencies` (see `plan_effects`);
+    `where` names the route in errors."""
+    handler = _plan(func, path_params, where, (), for_task=False)
+    if not dependencies:
+        return handler
+    effects = plan_effects(dependencies, path_params, where)
+    needs = handler.needs.union(*(effect.plan.needs for effect in effects))
+    return Plan(handler.params, needs, effects)
+
+
+def plan_effects(
+    dependencies: object, path_params: frozenset[str], where: str
+) -> tuple[DependencyPlan, ...]:
+    """The plans of a `dependencies=[Depends(fn), ...]` list, each run for its effect; any other
+    value is a TypeError naming `where`."""
+    if not isinstance(dependencies, (list, tuple)):
+        raise TypeError(
+            f"{where}: dependencies= takes a list of Depends(function), got {dependencies!r}"
+        )
+    effects = []
+    for marker in dependencies:
+        if not isinstance(marker, Dependency):
+            hint = f"; write Depends({_name(marker)})" if callable(marker) else ""
+            raise TypeError(
+                f"{where}: dependencies= takes a list of Depends(function), got {marker!r} "
+                f"in it{hint}"
+            )
+        if marker.dependency is None:
+            raise TypeError(
+                f"{where}: Depends() in dependencies= has no annotation to call; write "
+                "Depends(function)"
+            )
+        effects.append(_plan_effect(marker, path_params, where))
+    return tuple(effects)
+
+
+def _plan_effect(marker: Dependency, path_params: frozenset[str], where: str) -> DependencyPlan:
+    parameter = inspect.Parameter("dependencies", inspect.Parameter.KEYWORD_ONLY)
+    return _plan_dependency(marker, EMPTY, parameter, path_params, where, (), for_task=False)
 
 
 def plan_dependencies(

@@ -62,13 +62,16 @@ class Response(lilya_responses.Response):
     """A Lilya response whose `background` takes every form a route does.
 
     Content that is not text or bytes is sent as JSON, serialised by pydantic
-    (models, dataclasses and datetimes included). Assigning `background` adds
-    to the tasks already there: nothing registered on a response is replaced.
+    (models, dataclasses and datetimes included). `background` gives back what was
+    set: the same task or collection, Lilya's or esm_tasks'; a function or a list
+    comes back as the task or collection made of it. Assigning replaces it, as on a
+    Starlette response, until the response is sent.
     """
 
-    # One task is kept as it is; a ResponseTasks is made only for a second one,
-    # or when `background` is read, so most responses allocate no container.
+    # What runs: the step made of what was set, with a Lilya task taken over so that it is
+    # isolated too. Usually the very object that was set, which `_background` keeps.
     _tasks: Task | None = None
+    _background: Task | None = None
     _where = "Response.background"  # names the response in errors, set per subclass
 
     if TYPE_CHECKING:  # Lilya's constructor runs; this only widens what background= takes
@@ -97,28 +100,26 @@ class Response(lilya_responses.Response):
 
     @property
     def background(self) -> ResponseTasks:
-        tasks = self._tasks
-        if tasks is _SENT_BY_MERGE:
+        # Typed as what a handler's `res: Response` draft gives, whose calls mypy then checks;
+        # a response gives back whatever task or collection was set, or None.
+        if self._tasks is _SENT_BY_MERGE:
             # Lilya's __call__ reads this after the body; the merge runs these tasks.
             return None  # type: ignore[return-value]
-        if not isinstance(tasks, ResponseTasks):
-            collected = ResponseTasks()
-            if tasks is not None:
-                collected.tasks.append(tasks)
-            self._tasks = tasks = collected
-        return tasks
+        return self._background  # type: ignore[return-value]
 
     @background.setter
     def background(self, value: BackgroundSpec) -> None:
         if value is None:
+            if self._tasks is not None:  # a response built without tasks does nothing here
+                self._tasks = self._background = None
+            return
+        if type(value) is BackgroundTask or type(value) is BackgroundTasks:  # the usual ones
+            self._tasks = self._background = value
             return
         steps = to_steps(value, self._where)
-        current = self._tasks
-        if current is None:
-            self._tasks = steps[0] if len(steps) == 1 else ResponseTasks._of(steps)
-        else:
-            # Assigning a collection to itself (`res.background = res.background`) adds nothing.
-            self.background.tasks.extend(step for step in steps if step is not current)
+        step = steps[0] if len(steps) == 1 else BackgroundTasks._of(steps)
+        self._tasks = step
+        self._background = value if isinstance(value, Task) else step
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,7 +131,8 @@ class Response(lilya_responses.Response):
         if tasks is None or tasks is _SENT_BY_MERGE:
             await super().__call__(scope, receive, send)
             return
-        # Sent by a plain Lilya route, which has no merge: this response runs its own tasks.
+        # Sent by a plain Lilya route, a middleware or an exception handler, which have no
+        # merge: this response runs its own tasks, as set by the time it is sent.
         failed = (self.status_code or 200) >= 500
         watcher = observer.get()
         if watcher is not None:
@@ -140,15 +142,19 @@ class Response(lilya_responses.Response):
                 held._tasks = _SENT_BY_MERGE
                 await held(scope, receive, send)
                 return
+        sent = self
+        if self._background is not tasks:  # Lilya's own task given: Lilya runs our step of it
+            sent = _shallow_copy(self)
+            sent._background = tasks
         watch = SendWatch(send) if isinstance(self, MADE_WHILE_SENT) else None
         try:
             with in_request(scope, failed):  # tasks log their request, and `when` holds
-                await super().__call__(scope, receive, watch or send)
+                await super(Response, sent).__call__(scope, receive, watch or send)
         except Exception:
             if watch is not None and not watch.failed:
                 # The body failed part-way, and Lilya ran no task: those for errors run now.
                 with in_request(scope, failed=True):
-                    await self.background()
+                    await tasks()
             raise
 
 
@@ -264,12 +270,30 @@ class ResponseDraft(Response):
     """
 
     _where = "the response draft's background"
+    _tasks: Task | None  # the request's ResponseTasks, until the merge takes them
 
     def __init__(self, status_code: int, tasks: ResponseTasks) -> None:
         self.status_code = status_code
         self.headers = Header()
         self.body = b""
         self._tasks = tasks
+
+    @property
+    def background(self) -> ResponseTasks:
+        """The request's tasks: calling it adds one (`res.background(fn, ...)`, or as a
+        decorator); assigning adds too, so that no task registered here replaces another."""
+        tasks = self._tasks
+        if not isinstance(tasks, ResponseTasks):  # the draft itself returned: merged already
+            return None  # type: ignore[return-value]
+        return tasks
+
+    @background.setter
+    def background(self, value: BackgroundSpec) -> None:
+        if value is None:
+            return
+        current = self.background
+        # Assigning the collection to itself (`res.background = res.background`) adds nothing.
+        current.tasks.extend(step for step in to_steps(value, self._where) if step is not current)
 
 
 class _SentByMerge(Task):

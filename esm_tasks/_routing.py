@@ -17,7 +17,7 @@ from ._binding import Binding, async_caller, read_body
 from ._dispatch import destination_of
 from ._execution import observer
 from ._merge import label_sources, merge, sources_by_task
-from ._params import plan
+from ._params import DependencyPlan, Plan, plan
 from ._responses import (
     MADE_WHILE_SENT,
     JSONResponse,
@@ -26,7 +26,17 @@ from ._responses import (
     SendWatch,
     respond,
 )
-from ._run import DEFERRED, LAYERS, PREFIX, Run, Settings, close, settings_of
+from ._run import (
+    DEFERRED,
+    DEPENDENCIES,
+    LAYERS,
+    PREFIX,
+    Run,
+    Settings,
+    close,
+    exit_dependencies,
+    settings_of,
+)
 from ._tasks import BackgroundSpec, task_name, to_steps
 
 # Esmerald's defaults; a route serving several methods answers 200.
@@ -54,6 +64,7 @@ class TaskRoute(Path):
         name: str | None = None,
         response_class: type[LilyaResponse] = JSONResponse,
         include_in_schema: bool = True,
+        dependencies: Sequence[Any] = (),
     ) -> None:
         methods = [method.upper() for method in methods]
         where = f"{'/'.join(methods) or '(no method)'} {path}"
@@ -72,8 +83,18 @@ class TaskRoute(Path):
             include_in_schema=include_in_schema,
         )
         self.where = where
-        self.plan = plan(fn, frozenset(self.param_convertors), where)
+        self.plan = plan(fn, frozenset(self.param_convertors), where, dependencies)
+        # The plan under each chain of App and Include dependencies it was reached through.
+        self._plans: dict[tuple[DependencyPlan, ...], Plan] = {}
         self.call_handler = async_caller(fn)
+
+    def plan_under(self, outer: tuple[DependencyPlan, ...]) -> Plan:
+        """The plan for a request that came through App and Include dependencies: the route's
+        own, after those."""
+        layered = self._plans.get(outer)
+        if layered is None:
+            layered = self._plans[outer] = self.plan.under(outer)
+        return layered
 
     def __repr__(self) -> str:
         return f"TaskRoute({'/'.join(self.methods or ())} {self.path} -> {task_name(self.fn)})"
@@ -101,10 +122,12 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = settings_of(scope)
+        outer = scope.get(DEPENDENCIES)  # the App's and Includes' dependencies, if any
+        plan = self.route.plan_under(outer) if outer else self.route.plan
         # Generator dependencies clean up once the request's work here is done: after its
         # tasks (see Run.release), or after the body when it has none.
-        exits = contextlib.AsyncExitStack() if self.route.plan.has_exits else None
-        response, steps = await self.handle(scope, receive, settings, exits)
+        exits = contextlib.AsyncExitStack() if plan.has_exits else None
+        response, steps = await self.handle(scope, receive, settings, plan, exits)
         if response is None:
             if exits is not None:
                 await close(exits, None, self.route.where)
@@ -144,16 +167,16 @@ class _Endpoint:
         scope: Scope,
         receive: Receive,
         settings: Settings,
+        plan: Plan,
         exits: contextlib.AsyncExitStack | None,
     ) -> tuple[LilyaResponse | None, tuple[Task, ...]]:
         """Bind, call the handler, build its response, and merge this request's tasks."""
         route = self.route
-        plan = route.plan
         layers = scope.get(LAYERS, ())
         declared = tuple(s for _, s in layers) + route.background if layers else route.background
         tasks = draft = None
         try:
-            if plan.params:
+            if plan.binds:
                 tasks = RequestTasks() if plan.needs_tasks else None
                 draft = (
                     ResponseDraft(route.status_code, tasks) if tasks and plan.needs_draft else None
@@ -166,10 +189,17 @@ class _Endpoint:
                     binding.body = body
                 if plan.has_early_exits:
                     # scope="function": cleaned up as soon as the handler has returned.
-                    async with contextlib.AsyncExitStack() as binding.early_exits:
-                        result = await self.call(binding)
+                    early = binding.early_exits = contextlib.AsyncExitStack()
+                    try:
+                        result = await self.call(plan, binding)
+                    except BaseException as error:
+                        # What a dependency raises instead at its yield goes on from here; if
+                        # one swallows the error, it still stands: there is no result.
+                        await early.__aexit__(type(error), error, error.__traceback__)
+                        raise
+                    await early.aclose()
                 else:
-                    result = await self.call(binding)
+                    result = await self.call(plan, binding)
                 if result is _INVALID:
                     return JSONResponse({"detail": binding.errors}, status_code=422), ()
             else:
@@ -179,15 +209,17 @@ class _Endpoint:
             if settings.backend is not None:  # what cannot be sent fails before the response
                 settings.backend.check(steps, route.where)
         except Exception as error:
-            # A dependency, the handler or the response failed: only the tasks declared for
-            # errors will run (see TaskPolicy.when), after the error response if an App can
-            # say when; otherwise now, before the error propagates. Dependencies clean up
-            # after them, told of the error.
+            # A dependency, the handler or the response failed. The error passes through the
+            # generator dependencies first, as through `with` blocks around the handler: what
+            # one raises at its yield instead (an HTTPException, say) is the answer. Then only
+            # the tasks declared for errors run (see TaskPolicy.when), after the error response
+            # if an App can say when; otherwise now, before the error propagates.
+            answer = error if exits is None else await _through(exits, error)
             steps = merge(declared, tasks, None)
             if steps:
-                await self.hand_over(scope, settings, steps, True, exits=exits, error=error)
-            elif exits is not None:
-                await close(exits, error, route.where)
+                await self.hand_over(scope, settings, steps, True, error=answer)
+            if answer is not error:
+                raise answer  # noqa: B904 - as the dependency raised it, with its own cause
             raise
         except BaseException as cancelled:  # the server ended the request: no task is owed
             if exits is not None:
@@ -195,9 +227,9 @@ class _Endpoint:
             raise
         return response, steps
 
-    async def call(self, binding: Binding) -> Any:
+    async def call(self, plan: Plan, binding: Binding) -> Any:
         """The handler's result, or `_INVALID` if the request does not bind."""
-        kwargs = await self.route.plan.bind(binding)
+        kwargs = await plan.bind(binding)
         if binding.errors:
             return _INVALID
         return await self.route.call_handler(**kwargs)
@@ -253,6 +285,17 @@ class _Endpoint:
 
     def _labelled(self, scope: Scope, steps: tuple[Task, ...]) -> list[tuple[str, Task]]:
         return label_sources(steps, scope.get(LAYERS, ()), self.route.background)
+
+
+async def _through(exits: contextlib.AsyncExitStack, error: Exception) -> Exception:
+    """Throw the request's `error` in at its generator dependencies' yields, and return what
+    comes out: the same error, or what a dependency raised instead. One that swallows it
+    cannot answer for the handler, which returned nothing: the error stands."""
+    try:
+        await exit_dependencies(exits, error)
+    except Exception as raised:
+        return raised
+    return error
 
 
 def _alone(error: Exception) -> Exception:

@@ -215,6 +215,7 @@ SETTINGS = "esm_tasks.settings"  # the outermost App's Settings
 LAYERS = "esm_tasks.layers"  # ("app" | "include", task) pairs, outermost first
 DEFERRED = "esm_tasks.deferred"  # the request's Handover: where its run waits for the response
 PREFIX = "esm_tasks.prefix"  # the path templates of the Includes a request went through
+DEPENDENCIES = "esm_tasks.dependencies"  # the App's and Includes' dependency plans, outermost first
 
 
 def settings_of(scope: Scope) -> Settings:

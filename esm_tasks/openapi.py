@@ -34,13 +34,15 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from ._app import App, Include
 from ._binding import EMPTY
 from ._merge import label_sources
-from ._params import Param, Plan
+from ._params import DependencyPlan, Param, Plan
 from ._routing import TaskRoute
 from ._tasks import BackgroundTask, BackgroundTasks, task_name
 
 __all__ = ["OpenAPIConfig"]
 
 Layers = tuple[tuple[str, Task], ...]
+Around = tuple[tuple[str, Task] | DependencyPlan, ...]
+"""What the App and Includes around a route declare: tasks, and dependencies run first."""
 
 
 class ValidationError(BaseModel):
@@ -70,7 +72,8 @@ class OpenAPIConfig(LilyaOpenAPIConfig):
         document = super().openapi(app)
         paths = document.get("paths", {})
         layers = app.task_settings.background if isinstance(app, App) else ()
-        for documented, path, route, around in _task_routes(app.routes, "", "", layers):
+        effects = app.task_dependencies if isinstance(app, App) else ()
+        for documented, path, route, around in _task_routes(app.routes, "", "", layers + effects):
             if route.include_in_schema and documented in paths:
                 if path != documented:  # Lilya leaves out an Include's path parameters
                     paths[path] = paths.pop(documented)
@@ -117,7 +120,10 @@ def _function(func: Any) -> Any:
 
 
 def _params(plan: Plan) -> Iterator[Param]:
-    """The plan's parameters, each dependency's own in its place, depth first."""
+    """The plan's parameters, each dependency's own in its place, depth first, those of the
+    dependencies it runs for their effect first."""
+    for effect in plan.effects:
+        yield from _params(effect.plan)
     for param in plan.params:
         if param.dependency is not None:
             yield from _params(param.dependency.plan)
@@ -196,8 +202,8 @@ def _phrase(status_code: int) -> str:
 
 
 def _task_routes(
-    routes: Iterable[Any], documented: str, prefix: str, layers: Layers
-) -> Iterator[tuple[str, str, TaskRoute, Layers]]:
+    routes: Iterable[Any], documented: str, prefix: str, layers: Around
+) -> Iterator[tuple[str, str, TaskRoute, Around]]:
     """Each TaskRoute under `routes`: the path Lilya's `get_openapi` documents it at (walked
     the same way: it drops an Include's path parameters), the path it serves, and the tasks
     declared around it, the apps' and the includes'."""
@@ -215,23 +221,34 @@ def _task_routes(
             continue
         around = layers
         if isinstance(route, Include):
-            around += route.background
+            around += route.background + route.task_dependencies
         if isinstance(mounted, App):  # an App inside adds its own, after the include's
-            around += mounted.task_settings.background
+            around += mounted.task_settings.background + mounted.task_dependencies
         mount = raw.removesuffix("/{path}")
         yield from _task_routes(inner, documented + raw.split("/{", 1)[0], prefix + mount, around)
 
 
-def _finish(item: dict[str, Any], path: str, route: TaskRoute, layers: Layers) -> None:
+def _finish(item: dict[str, Any], path: str, route: TaskRoute, around: Around) -> None:
     """Complete the operations Lilya made for `route` at `path`."""
     methods = [method.lower() for method in route.methods or () if method != "HEAD"]
     in_path = set(re.findall(r"{(\w+)", path))
+    # The App's and Includes' dependencies take their parameters as the route's own do.
+    plan = route.plan.under(tuple(a for a in around if isinstance(a, DependencyPlan)))
+    params = list(_params(plan))
     # An enclosing Include's path parameters are read as the route's other parameters are.
     path_types = {
         param.name: _schema(param.annotation, raw=True)
-        for param in _params(route.plan)
+        for param in params
         if param.name in in_path and param.source in ("path", "query")
     }
+    outer = params[: len(params) - len(list(_params(route.plan)))]
+    outer_query = [
+        _query_parameter(param)
+        for param in outer
+        if param.source == "query" and param.name not in in_path
+    ]
+    outer_can_fail = any(_can_fail(param) for param in outer)
+    layers = tuple(a for a in around if not isinstance(a, DependencyPlan))
     declared = label_sources((), layers, route.background)
     for method in methods:
         operation = item.get(method)
@@ -242,6 +259,10 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, layers: Layers) -
             for parameter in operation.get("parameters", ())
             if not (parameter.get("in") == "query" and parameter.get("name") in in_path)
         ]
+        queried = {
+            parameter.get("name") for parameter in parameters if parameter.get("in") == "query"
+        }
+        parameters += [query for query in outer_query if query["name"] not in queried]
         named = {parameter.get("name") for parameter in parameters if parameter.get("in") == "path"}
         parameters += [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -251,6 +272,13 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, layers: Layers) -
             if parameter.get("in") == "path" and parameter.get("name") in path_types:
                 parameter["schema"] = path_types[parameter["name"]]
         operation["parameters"] = parameters
+        responses = operation.setdefault("responses", {})
+        if outer_can_fail and "422" not in responses:  # the App's or an Include's may refuse it
+            schema = _schema(HTTPValidationError, raw=False)
+            responses["422"] = {
+                "description": "Invalid request",
+                "content": {"application/json": {"schema": schema}},
+            }
         if len(methods) > 1:  # Lilya names every method of a route alike
             operation["operationId"] = f"{operation.get('operationId', route.name)}_{method}"
         operation["x-background-tasks"] = [_entry(task, source) for source, task in declared]

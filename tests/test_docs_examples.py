@@ -401,3 +401,33 @@ async def test_steady_load() -> None:
     finally:
         gc.unfreeze()  # the rest of the suite collects as usual
     assert module.sent == ["receipt 7"]
+
+
+async def test_route_dependencies() -> None:
+    module = example("route_dependencies")
+    token = {"X-Token": "secret"}
+    async with TestClient(module.app) as http:
+        refused = await http.get("/api/items/portal-gun")
+        assert (refused.status_code, refused.text) == (401, "X-Token header invalid")
+        mine = await http.get("/api/items/portal-gun", headers=token)
+        assert mine.json() == {"item": "portal-gun", "owner": "Rick"}
+        theirs = await http.get("/api/items/plumbus", headers=token)
+        assert (theirs.status_code, theirs.text) == (400, "Owner error: Rick")
+        assert (await http.post("/api/items/plumbus/recall", headers=token)).status_code == 403
+        recalled = await http.post("/api/items/plumbus/recall?role=admin", headers=token)
+        assert recalled.json() == {"recalled": "plumbus"}
+    # Each refusal (the token's 401, the owner's 400) ran the route's error task only.
+    assert module.journal == [
+        "refusal reported",
+        "counted /api/items/portal-gun",
+        "refusal reported",
+        "recalled plumbus",
+        "counted /api/items/plumbus/recall",
+    ]
+
+
+async def test_response_background() -> None:
+    module = example("response_background")
+    async with TestClient(module.app) as http:
+        assert (await http.post("/orders/7")).json() == {"order": 7}
+    assert module.sent == ["stock updated for order 7", "receipt and survey for order 7"]

@@ -296,13 +296,14 @@ async def test_a_file_response_carries_tasks(tmp_path) -> None:  # type: ignore[
     assert events == ["after file"]
 
 
-async def test_assigning_background_on_a_response_adds_and_never_replaces() -> None:
+async def test_assigning_background_on_a_response_replaces_it_as_on_starlettes() -> None:
     events = Events()
     response = Response("x", background=events.task("first"))
     response.background = events.task("second")
-    response.background = None
     await response.background()
-    assert events == ["first", "second"]
+    response.background = None
+    assert response.background is None
+    assert events == ["second"]
 
 
 @pytest.mark.parametrize(
