@@ -19,20 +19,30 @@ else:  # Zensical depends on tomli where tomllib is missing
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def nav_pages(entries: list[Any]) -> Iterator[str]:
-    """Each page of a Zensical `nav`: a path, or a title mapped to a path or to a section."""
+def nav_pages(entries: list[Any], section: str = "") -> Iterator[tuple[str, str]]:
+    """Each page of a Zensical `nav`, with its title: a path alone (a section's index page,
+    titled as its section), or a title mapped to a path or to a section's entries."""
     for entry in entries:
         if isinstance(entry, str):
-            yield entry
+            yield section, entry
         elif isinstance(entry, dict):
-            for value in entry.values():
-                yield from nav_pages(value if isinstance(value, list) else [value])
+            for title, value in entry.items():
+                if isinstance(value, list):
+                    yield from nav_pages(value, title)
+                else:
+                    yield title, value
+
+
+def load_nav(root: pathlib.Path = ROOT) -> list[tuple[str, str]]:
+    """The title and path of every page in the navigation, in its order."""
+    config = tomllib.loads((root / "zensical.toml").read_text())["project"]
+    return list(nav_pages(config["nav"]))
 
 
 def problems(root: pathlib.Path = ROOT) -> list[str]:
     config = tomllib.loads((root / "zensical.toml").read_text())["project"]
     docs = root / config.get("docs_dir", "docs")
-    listed = list(nav_pages(config["nav"]))
+    listed = [page for _, page in load_nav(root)]
     found = []
     for page in listed:
         if not (docs / page).is_file():
