@@ -12,6 +12,8 @@ BROWSER := $(VENV)/.browser-installed
 # registry for the browser tests, which serve it in place of the CDN.
 SWAGGER_UI_VERSION := $(shell sed -n 's|.*swagger-ui-dist@\([0-9.]*\)".*|\1|p' esm_tasks/openapi.py)
 SWAGGER_UI := build/swagger-ui-dist@$(SWAGGER_UI_VERSION)/package/swagger-ui-bundle.js
+# The diagrams' script the site's theme loads (mermaid 12), likewise.
+MERMAID := build/mermaid@12/package/dist/mermaid.min.js
 
 .PHONY: test test-browser lint run run-queue check bench soak soak-queue package docs docs-serve clean
 
@@ -53,9 +55,15 @@ $(SWAGGER_UI):
 	  npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null && \
 	  tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
 
+$(MERMAID):
+	rm -rf build/mermaid@12
+	mkdir -p build/mermaid@12
+	cd build/mermaid@12 && npm pack --silent mermaid@12 >/dev/null && \
+	  tar xzf mermaid-*.tgz package/dist/mermaid.min.js && rm mermaid-*.tgz
+
 # Headless Chromium (Debian's `chromium`) opens the demo's API page, and the site, which
 # the tests build as `make docs` does.
-test-browser: $(BROWSER) $(SWAGGER_UI)
+test-browser: $(BROWSER) $(SWAGGER_UI) $(MERMAID)
 	$(BIN)/python -m pytest tests/browser
 
 check: lint test
