@@ -5,8 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 BENCH  := $(VENV)/.bench-installed
+DOCS   := $(VENV)/.docs-installed
+BROWSER := $(VENV)/.browser-installed
 
-.PHONY: test lint run run-queue check bench soak soak-queue package clean
+# The Swagger UI the API page loads (esm_tasks/openapi.py names it), fetched from the npm
+# registry for the browser tests, which serve it in place of the CDN.
+SWAGGER_UI_VERSION := $(shell sed -n 's|.*swagger-ui-dist@\([0-9.]*\)".*|\1|p' esm_tasks/openapi.py)
+SWAGGER_UI := build/swagger-ui-dist@$(SWAGGER_UI_VERSION)/package/swagger-ui-bundle.js
+# The diagrams' script the site's theme loads (mermaid 12), likewise.
+MERMAID := build/mermaid@12/package/dist/mermaid.min.js
+
+.PHONY: test test-browser lint run run-queue check bench soak soak-queue package docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +27,44 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check esm_tasks tests docs_src bench
-	$(BIN)/ruff check esm_tasks tests docs_src bench
-	$(BIN)/mypy esm_tasks docs_src
+	$(BIN)/ruff format --check esm_tasks tests docs_src bench tools
+	$(BIN)/ruff check esm_tasks tests docs_src bench tools
+	$(BIN)/mypy esm_tasks docs_src tools
+
+$(DOCS): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS)
+
+# Strict: a broken link or anchor, a missing snippet, or a page missing from the nav (or
+# listed there and missing) fails the build.
+docs: $(DOCS)
+	$(BIN)/python -m tools.check_docs
+	$(BIN)/zensical build --strict --clean
+
+docs-serve: $(DOCS)
+	$(BIN)/zensical serve --dev-addr 127.0.0.1:8001
+
+$(BROWSER): $(DOCS)
+	$(BIN)/python -m pip install --quiet -e '.[browser]'
+	touch $(BROWSER)
+
+$(SWAGGER_UI):
+	rm -rf build/swagger-ui-dist@$(SWAGGER_UI_VERSION)
+	mkdir -p build/swagger-ui-dist@$(SWAGGER_UI_VERSION)
+	cd build/swagger-ui-dist@$(SWAGGER_UI_VERSION) && \
+	  npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null && \
+	  tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
+
+$(MERMAID):
+	rm -rf build/mermaid@12
+	mkdir -p build/mermaid@12
+	cd build/mermaid@12 && npm pack --silent mermaid@12 >/dev/null && \
+	  tar xzf mermaid-*.tgz package/dist/mermaid.min.js && rm mermaid-*.tgz
+
+# Headless Chromium (Debian's `chromium`) opens the demo's API page, and the site, which
+# the tests build as `make docs` does.
+test-browser: $(BROWSER) $(SWAGGER_UI) $(MERMAID)
+	$(BIN)/python -m pytest tests/browser
 
 check: lint test
 
@@ -73,4 +117,4 @@ soak-queue: $(STAMP)
 	$(BIN)/python -m bench.soak_queue
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site .cache *.egg-info

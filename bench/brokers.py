@@ -64,7 +64,7 @@ def stop(broker: str) -> None:
         return
     global _redis_options
     _redis_options = _redis_config()
-    _redis("CONFIG", "SET", "appendonly", "yes")  # a queue must persist: see README
+    _redis("CONFIG", "SET", "appendonly", "yes")  # a queue must persist: see docs/scaling-out
     deadline = time.monotonic() + 30
     while b"aof_rewrite_in_progress:0" not in _redis("INFO", "persistence"):
         if time.monotonic() > deadline:

@@ -46,8 +46,8 @@ app = App(routes=[fast, slow])
 detached = App(routes=[fast, slow], detach_tasks=True)
 
 # The default mode with the heap the server started with frozen (`gc.freeze()` on startup,
-# as the README suggests under a steady load of slow tasks): full collections then walk
-# only what requests keep alive.
+# as docs/operating/steady-load.md suggests under a steady load of slow tasks): full
+# collections then walk only what requests keep alive.
 frozen = App(routes=[fast, slow], on_startup=[gc.collect, gc.freeze])
 
 # The floor: the least any library can do to run a task after the response, in plain Lilya.

@@ -15,9 +15,11 @@ class UserIn(BaseModel):
     email: str
 
 
+# --8<-- [start:route]
 @post("/register", background=BackgroundTask(send_email, message="Account created"))
 async def create_user(data: UserIn) -> dict[str, str]:
     return {"email": data.email}
 
 
 app = App(routes=[create_user])
+# --8<-- [end:route]

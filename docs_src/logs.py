@@ -12,7 +12,9 @@ from esm_tasks import App, BackgroundTasks, post
 
 # The switch: the level of the "esm_tasks" logger. WARNING (Python's default) shows what
 # went wrong; INFO adds a line for each success; DEBUG, a line as each task starts.
-logging.getLogger("esm_tasks").setLevel(logging.INFO)
+# --8<-- [start:switch]
+logging.getLogger("esm_tasks").setLevel(logging.INFO)  # or DEBUG, or WARNING
+# --8<-- [end:switch]
 
 
 async def charge_card(order: int) -> None:

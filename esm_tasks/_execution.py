@@ -210,7 +210,7 @@ async def run_in_order(
                     await step()
             elif run.simple and getattr(task, "policy", DEFAULT_POLICY) is DEFAULT_POLICY:
                 # What run_isolated does for the usual task, without its coroutine: inlined,
-                # as the merge's cost is at its target (see the README's performance section).
+                # as the merge's cost is at its target (see docs/performance.md).
                 _notify_started(task)
                 started = time.monotonic()
                 failure = None

@@ -44,6 +44,11 @@ Layers = tuple[tuple[str, Task], ...]
 Around = tuple[tuple[str, Task] | DependencyPlan, ...]
 """What the App and Includes around a route declare: tasks, and dependencies run first."""
 
+# The npm package swagger-ui-dist, from the CDN Lilya's own default uses: the first release
+# line that reads OpenAPI 3.2.0 is 5.32; this one is pinned so that the page cannot change
+# under an App.
+SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0"
+
 
 class ValidationError(BaseModel):
     """One field a request got wrong."""
@@ -66,7 +71,16 @@ class OpenAPIConfig(LilyaOpenAPIConfig):
     they run (the App's, each enclosing Include's, the route's), each as
     `{"name": ..., "source": "app" | "include" | "handler"}`, or, for a `BackgroundTasks`,
     `{"tasks": [...], "as_group": ..., "source": ...}` with its members in the same form.
+
+    Its Swagger UI is one that reads the document: Lilya writes OpenAPI 3.2.0, and the Swagger
+    UI it loads by default (5.17.4) refuses any version after 3.1 ("Unable to render this
+    definition"). Swagger UI reads 3.2 since 5.32. Pointing the page at a newer Swagger UI keeps
+    the document as Lilya writes and checks it, rather than labelling it 3.1.0, which would
+    break the day a route needs a 3.2 feature (a QUERY operation, say).
     """
+
+    swagger_js_url: str = f"{SWAGGER_UI}/swagger-ui-bundle.js"
+    swagger_css_url: str = f"{SWAGGER_UI}/swagger-ui.css"
 
     def openapi(self, app: Any) -> dict[str, Any]:
         document = super().openapi(app)
@@ -83,12 +97,13 @@ class OpenAPIConfig(LilyaOpenAPIConfig):
 
     @classmethod
     def adopt(cls, config: Any) -> Any:
-        """The config an App documents with: none or Lilya's own becomes this one, the same
-        fields kept; anything else, this one's subclasses included, is used as given."""
+        """The config an App documents with: none or Lilya's own becomes this one, the fields
+        it was given kept (the others take this one's defaults, its Swagger UI among them);
+        anything else, this one's subclasses included, is used as given."""
         if config is None:
             return cls()
         if type(config) is LilyaOpenAPIConfig:
-            return cls(**dict(config))
+            return cls(**{name: getattr(config, name) for name in config.model_fields_set})
         return config
 
 

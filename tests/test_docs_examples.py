@@ -1,4 +1,4 @@
-"""Every example in docs_src/ is imported and does what the README says."""
+"""Every example in docs_src/ is imported and does what its page in docs/ says."""
 
 import gc
 import importlib
