@@ -18,6 +18,7 @@ from lilya.types import Receive, Scope, Send
 
 from ._dispatch import Handover, QueueBackend
 from ._events import TaskEvent
+from ._idempotency import secret_of
 from ._instruments import instruments
 from ._lifecycle import Tracker, serve_lifespan
 from ._routing import TaskRoute
@@ -53,6 +54,10 @@ class App(Lilya):
         the request handed its tasks over; "link": a root span linked to it.
     :param metrics: True (prometheus-client's default registry) or a registry: record
         `esm_tasks_*` metrics there.
+    :param idempotency_secret: at least 16 bytes (str or bytes), the same in every process
+        of the app: a request's `Idempotency-Key` header then fixes its run id (an HMAC of
+        this secret, the route and the key), so that a retry keeps its tasks' idempotency
+        keys. Without it the header is not used (a queue app logs so once).
     """
 
     task_settings: Settings
@@ -72,6 +77,7 @@ class App(Lilya):
         tracing: bool = True,
         task_span_parent: Literal["child", "link"] = "child",
         metrics: bool | Any = False,
+        idempotency_secret: str | bytes | None = None,
         **options: Any,
     ) -> None:
         for name, value in (
@@ -107,6 +113,7 @@ class App(Lilya):
             detach=detach_tasks,
             backend=task_backend,
             instruments=instruments(tracing, task_span_parent, metrics),
+            idempotency_secret=secret_of(idempotency_secret),
         )
         self.shutdown_timeout = float(shutdown_timeout)
         _leave_logging_alone(options)
