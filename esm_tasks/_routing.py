@@ -329,6 +329,9 @@ class _SendsRunFirst:
         await self.send(message)
 
 
+RUN_HEADER = "ESM-Tasks-Run"  # strict mode's 503: "may-be-delivered" or "not-delivered"
+
+
 def _unavailable(delivery: Delivery) -> LilyaResponse:
     """Strict mode's answer when the broker did not take the run: try again later. Its
     `ESM-Tasks-Run` header says whether the broker may have the run yet (the send timed out:
@@ -345,9 +348,6 @@ def _unavailable(delivery: Delivery) -> LilyaResponse:
         status_code=503,
         headers={"Retry-After": "5", RUN_HEADER: delivery.value},
     )
-
-
-RUN_HEADER = "ESM-Tasks-Run"  # strict mode's 503: "may-be-delivered" or "not-delivered"
 
 
 def _bad_key(scope: Scope) -> LilyaResponse | None:

@@ -63,7 +63,8 @@ class _Silent(InMemoryBroker):
 
 def _app(broker: InMemoryBroker, **options: object) -> App:
     backend = TaskiqBackend(broker, send_timeout=0.2, **options)  # type: ignore[arg-type]
-    return App(routes=[queue_app.strict_route, keyed_route, streamed], task_backend=backend)
+    routes = [queue_app.strict_route, keyed_route, streamed, streamed_fails]
+    return App(routes=routes, task_backend=backend)
 
 
 async def test_the_default_puts_the_run_on_the_broker_before_the_response_starts() -> None:
@@ -83,6 +84,23 @@ async def test_a_streamed_body_is_whole_before_its_run_goes_and_its_last_chunk_a
     # The status line went first (the body was not whole yet); the client's response is
     # complete only once the broker has the run.
     assert events == ["response started", "chunk", "chunk", "on the broker", "body sent"]
+
+
+async def test_a_streamed_body_that_fails_part_way_sends_its_error_tasks_after_it() -> None:
+    keys.clear()
+    events = streamed_events
+    events.clear()
+    try:
+        await drive(_app(_Recording(events)), "POST", "/streamed-fails", events)
+    except Exception as raised:  # re-raised to the server, in the task group Lilya streams in
+        failure = raised
+    else:
+        pytest.fail("the body's failure did not reach the server")
+    assert "the body failed" in repr(getattr(failure, "exceptions", [failure]))
+    # Not sent at the last chunk, which never came: the failed request's run goes after it
+    # (its second step sent on by the worker after its first), and only its error task runs.
+    assert events == ["response started", "chunk", "on the broker", "on the broker", "error task"]
+    assert keys == []
 
 
 async def test_sending_after_the_response_stays_possible() -> None:
@@ -158,6 +176,26 @@ async def streamed() -> StreamingResponse:
         for chunk in (b"one", b"two"):
             streamed_events.append("chunk")
             yield chunk
+
+    return StreamingResponse(chunks())
+
+
+async def on_error(events: str) -> None:
+    streamed_events.append("error task")
+
+
+@post(
+    "/streamed-fails",
+    background=[
+        BackgroundTask(keyed, "on success"),
+        BackgroundTask(on_error, "-").with_policy(when="error"),
+    ],
+)
+async def streamed_fails() -> StreamingResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        streamed_events.append("chunk")
+        yield b"one"
+        raise RuntimeError("the body failed")
 
     return StreamingResponse(chunks())
 

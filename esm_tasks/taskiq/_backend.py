@@ -279,9 +279,9 @@ def _unsent(broker: AsyncBroker, error: BaseException) -> bool:
     or lost its connection while it waited for the broker's answer, may have reached it."""
     if any(isinstance(inner, TimeoutError) for inner in _chain(error)):
         return False
-    knows = isinstance(broker, KnowsUnsent)
+    told = broker.unsent if isinstance(broker, KnowsUnsent) else None
     return any(
-        isinstance(inner, ConnectionRefusedError) or (knows and broker.unsent(inner))  # type: ignore[attr-defined]
+        isinstance(inner, ConnectionRefusedError) or (told is not None and told(inner))
         for inner in _chain(error)
     )
 
