@@ -248,12 +248,16 @@ async def test_detached() -> None:
 
 async def test_every_example_module_is_tested() -> None:
     import pathlib
+    import re
 
     import docs_src
 
     folder = pathlib.Path(docs_src.__file__).parent
     examples = {path.stem for path in folder.glob("*.py")} - {"__init__", "demo"}
     tested = {name.removeprefix("test_") for name in globals() if name.startswith("test_")}
+    # A page's examples may be tested in a file of their own, tests/test_docs_<page>.py.
+    for other in pathlib.Path(__file__).parent.glob("test_docs_*.py"):
+        tested |= set(re.findall(r"^(?:async )?def test_(\w+)\(", other.read_text(), re.M))
     assert examples <= tested, f"untested examples: {sorted(examples - tested)}"
 
 
