@@ -7,7 +7,11 @@ For each broker `TaskiqBackend.from_url` builds:
   publish (aio-pika) or XADD (redis-py) of the same bytes on the broker's own channel or
   pool: the floor no library on that client goes below;
 - worker: runs/s of `esm_tasks.taskiq._worker.work` draining runs sent beforehand, against
-  taskiq's own `Receiver` draining as many bare kicks, at the same concurrency.
+  taskiq's own `Receiver` draining as many bare kicks, at the same concurrency;
+- answer: microseconds from a request's ASGI call to the last byte of its response, one
+  request after another, with the run sent before the response (the default, which a crash
+  of the serving process after the answer cannot lose) and after it (`send_before_response=
+  False`): what a client waits longer for a run on the broker before it has its answer.
 
 Bare taskiq runs on a second broker of esm_tasks' own class, on its own queue, not on
 taskiq-aio-pika's or taskiq-redis's: on the same transport, a ratio is what esm_tasks'
@@ -39,6 +43,7 @@ from taskiq.message import TaskiqMessage
 from taskiq.receiver import Receiver
 
 import esm_tasks
+from esm_tasks._dispatch import Delivery
 from esm_tasks._run import Run
 from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.taskiq._backend import TASK_NAME
@@ -63,6 +68,34 @@ async def bump(n: int) -> None:
 
 async def bump_bare(payload: dict[str, Any]) -> None:
     DONE[0] += payload["steps"][0]["args"][0]
+
+
+@esm_tasks.post("/orders", background=esm_tasks.BackgroundTask(bump, 1))
+async def order() -> None:
+    """A request whose run is one task, as `answering` measures it."""
+
+
+async def answer_time(app: esm_tasks.App, requests: int) -> float:
+    """Median microseconds from a request's call to the last byte of its response."""
+    times = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for _ in range(requests):
+        answered = 0.0
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = time.perf_counter()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", **SCOPE}
+        scope |= {"query_string": b"", "root_path": "", "scheme": "http", "raw_path": b"/orders"}
+        started = time.perf_counter()
+        await app(scope, receive, send)
+        times.append((answered - started) * 1e6)
+    return statistics.median(times)
 
 
 def esm_app(url: str, queue: str) -> esm_tasks.App:
@@ -126,7 +159,7 @@ class Bench:
         return Run(SCOPE, self.app.task_settings, None)
 
     async def send(self, run: Run) -> None:
-        if not await self.backend.send(self.steps, run):
+        if await self.backend.send(self.steps, run) is not Delivery.SENT:
             raise RuntimeError("esm_tasks did not send a run: see the warning above")
 
     async def raw_publisher(self) -> Callable[[Run], Awaitable[Any]]:
@@ -201,6 +234,25 @@ class Bench:
 
         return await medians({"esm_tasks": esm_tasks, "bare taskiq": bare}, rounds)
 
+    async def answering(self, rounds: int, requests: int) -> dict[str, float]:
+        """Microseconds to a request's answer, its run sent before it and after it."""
+        apps = {}
+        for side, before in (("before", True), ("after", False)):
+            backend = TaskiqBackend.from_url(
+                self.url, queue=self.queue, send_before_response=before
+            )
+            apps[side] = esm_tasks.App(routes=[order], task_backend=backend)
+            await backend.startup()
+        sides: dict[str, Callable[[], Awaitable[float]]] = {
+            side: functools.partial(answer_time, app, requests) for side, app in apps.items()
+        }
+        try:
+            return await medians(sides, rounds)
+        finally:
+            for app in apps.values():
+                assert app.task_settings.backend is not None
+                await app.task_settings.backend.shutdown()
+
     async def delete(self) -> None:
         """Delete both queues: on RabbitMQ with their exchanges and dead letters."""
         names = [self.queue, self.bare_queue]
@@ -226,7 +278,8 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, flo
             await bench.bare.startup()
             sends = await bench.sending(args.rounds, args.sends)
             rates = await bench.working(args.rounds, args.runs, args.concurrency)
-            results[name] = {"send": sends, "worker": rates}
+            answers = await bench.answering(args.rounds, args.sends)  # last: it fills the queue
+            results[name] = {"send": sends, "worker": rates, "answer": answers}
         finally:
             with contextlib.suppress(Exception):  # the queues go, whatever happened
                 await bench.backend.shutdown()
@@ -263,6 +316,15 @@ def main() -> None:
                 f"{figure:.1f}" + ("" if side == "esm_tasks" else f" ({ours / figure:4.2f}x)")
             )
         print(f"{name:10}" + "".join(f"{cell:>20}" for cell in cells))
+
+    print(
+        f"\nanswer: us from a request's call to the last byte of its response (median of "
+        f"{args.sends} requests), its run sent before the response or after it"
+    )
+    print(f"{'broker':10}{'before (default)':>20}{'after':>20}{'cost of before':>20}")
+    for name, by_kind in results.items():
+        before, after = by_kind["answer"]["before"], by_kind["answer"]["after"]
+        print(f"{name:10}{before:>20.1f}{after:>20.1f}{before - after:>+20.1f}")
 
     print("\ntargets")
     failed = False

@@ -18,6 +18,7 @@ from lilya.types import Receive, Scope, Send
 
 from ._dispatch import Handover, QueueBackend
 from ._events import TaskEvent
+from ._idempotency import secret_of
 from ._instruments import instruments
 from ._lifecycle import Tracker, serve_lifespan
 from ._params import DependencyPlan, plan_effects
@@ -56,6 +57,10 @@ class App(Lilya):
         `esm_tasks_*` metrics there.
     :param dependencies: a list of `Depends(fn)`, run for their effect before every esm_tasks
         route's own; a dict is Lilya's own kind, given to Lilya as it is.
+    :param idempotency_secret: at least 16 bytes (str or bytes), the same in every process
+        of the app: a request's `Idempotency-Key` header then fixes its run id (an HMAC of
+        this secret, the route and the key), so that a retry keeps its tasks' idempotency
+        keys. Without it the header is not used (a queue app logs so once).
     """
 
     task_settings: Settings
@@ -76,6 +81,7 @@ class App(Lilya):
         task_span_parent: Literal["child", "link"] = "child",
         metrics: bool | Any = False,
         dependencies: Any = None,
+        idempotency_secret: str | bytes | None = None,
         **options: Any,
     ) -> None:
         self.task_dependencies, lilyas = _split_dependencies(dependencies, "App(...)")
@@ -112,6 +118,7 @@ class App(Lilya):
             detach=detach_tasks,
             backend=task_backend,
             instruments=instruments(tracing, task_span_parent, metrics),
+            idempotency_secret=secret_of(idempotency_secret),
         )
         self.shutdown_timeout = float(shutdown_timeout)
         _leave_logging_alone(options)

@@ -8,6 +8,7 @@ Each is a `Destination`, one small protocol; the App's settings say which one ta
 from __future__ import annotations
 
 import contextvars
+import enum
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
     from ._lifecycle import Tracker
 
 Steps: TypeAlias = Sequence[Callable[[], Awaitable[None]]]
+
+
+class Delivery(enum.Enum):
+    """What a send of a run to the broker came to; the value is what strict mode's 503 says in
+    its `ESM-Tasks-Run` header."""
+
+    SENT = "sent"  # the broker took the run
+    MAY_BE_DELIVERED = "may-be-delivered"  # no answer in time: the broker may have the run yet
+    NOT_DELIVERED = "not-delivered"  # refused, or never written: the broker does not have it
 
 
 class Destination(Protocol):
@@ -43,14 +53,19 @@ class QueueBackend(Destination, Protocol):
     """Send before the response starts, and answer 503 if that fails: a 2xx then means the
     run is on the broker."""
 
+    send_before_response: bool
+    """Send before the response is complete, so that a crash after it loses no run; if the
+    broker does not take the run, it runs in this process (strict mode: a 503)."""
+
     def check(self, steps: Steps, where: str) -> None:
         """Raise TypeError, naming the task and `where`, unless the steps can be sent."""
 
     async def send(
         self, steps: Steps, run: Run, context: contextvars.Context | None = None
-    ) -> bool:
-        """Hand the run to the broker; False, with a WARNING, if it does not take it in time.
-        `context`: the request's, when the run was handed over (its trace goes along)."""
+    ) -> Delivery:
+        """Hand the run to the broker; unless it was `SENT`, with a WARNING, whether the broker
+        may have it yet. `context`: the request's, when the run was handed over (its trace goes
+        along)."""
 
     async def startup(self) -> None: ...
 

@@ -11,11 +11,13 @@ from typing import Any
 from lilya.background import Task
 from lilya.responses import Response as LilyaResponse
 from lilya.routing import Path
-from lilya.types import Receive, Scope, Send
+from lilya.types import Message, Receive, Scope, Send
 
 from ._binding import Binding, async_caller, read_body
-from ._dispatch import destination_of
+from ._dispatch import Delivery, QueueBackend, destination_of
+from ._events import logger
 from ._execution import observer
+from ._idempotency import invalid, key_of, run_id_for
 from ._merge import label_sources, merge, sources_by_task
 from ._params import DependencyPlan, Plan, plan
 from ._responses import (
@@ -122,6 +124,9 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = settings_of(scope)
+        if settings.idempotency_secret is not None and (refusal := _bad_key(scope)) is not None:
+            await refusal(scope, receive, send)
+            return
         outer = scope.get(DEPENDENCIES)  # the App's and Includes' dependencies, if any
         plan = self.route.plan_under(outer) if outer else self.route.plan
         # Generator dependencies clean up once the request's work here is done: after its
@@ -132,17 +137,27 @@ class _Endpoint:
             if exits is not None:
                 await close(exits, None, self.route.where)
             return  # the client left before its request was read: nobody to answer
-        here: str | None = None
+        here: Run | None = None
+        early: _SendsRunFirst | None = None
         backend = settings.backend
-        if steps and backend is not None and backend.strict and observer.get() is None:
-            # Strict: the run is on the broker before the response says all went well (unless
-            # the testing kit watches: it sees and holds runs at the handover).
-            failed = (response.status_code or 200) >= 500
-            sent = self._run(scope, settings, steps, failed)
-            if await backend.send(steps, sent):
-                steps = ()
-            else:  # its error tasks run here, under the run id the broker may yet have
-                response, here = _unavailable(), sent.run_id
+        if (
+            steps
+            and backend is not None
+            and backend.send_before_response
+            and observer.get() is None
+        ):
+            # The run is on the broker before the client has the whole response, so that a
+            # crash of this process after that loses nothing (unless the testing kit watches:
+            # it sees and holds runs at the handover). A body made as it is sent is whole, and
+            # the run's outcome known, only at its last chunk (strict mode cannot wait so long:
+            # it may answer 503 instead).
+            if isinstance(response, MADE_WHILE_SENT) and not backend.strict:
+                run = self._run(scope, settings, steps, (response.status_code or 200) >= 500)
+                send = early = _SendsRunFirst(send, backend, steps, run)
+            else:
+                response, steps, here = await self.send_first(
+                    scope, settings, backend, response, steps
+                )
         # A body made as it is sent may fail part-way, after its status line said all was well.
         watch = SendWatch(send) if isinstance(response, MADE_WHILE_SENT) else None
         error: Exception | None = None
@@ -153,6 +168,11 @@ class _Endpoint:
                 error = _alone(raised)  # the body failed, not the client's connection
             raise
         finally:
+            if early is not None and early.delivery is not None:
+                if early.delivery is Delivery.SENT:
+                    steps = ()
+                else:
+                    here = early.run
             # The handler returned: its tasks are owed, even if sending failed.
             failed = error is not None or (response.status_code or 200) >= 500
             if steps:
@@ -161,6 +181,24 @@ class _Endpoint:
                 )
             elif exits is not None:
                 await close(exits, error, self.route.where)
+
+    async def send_first(
+        self,
+        scope: Scope,
+        settings: Settings,
+        backend: QueueBackend,
+        response: LilyaResponse,
+        steps: tuple[Task, ...],
+    ) -> tuple[LilyaResponse, tuple[Task, ...], Run | None]:
+        """Send the run before the response starts. Returns the response to send, the steps
+        still owed here, and the run as sent, if they run here: the broker may yet have it."""
+        sent = self._run(scope, settings, steps, (response.status_code or 200) >= 500)
+        delivery = await backend.send(steps, sent)
+        if delivery is Delivery.SENT:
+            return response, (), None
+        if backend.strict:  # the request failed: only its error tasks run, here
+            return _unavailable(delivery), steps, sent
+        return response, steps, sent  # it runs here, after the response, as it used to
 
     async def handle(
         self,
@@ -243,19 +281,18 @@ class _Endpoint:
         *,
         exits: contextlib.AsyncExitStack | None = None,
         error: BaseException | None = None,
-        here: str | None = None,
+        here: Run | None = None,
     ) -> None:
         """Give the merged steps to whoever runs them: a test; in an App, its `Handover`, which
         starts them as the App's call returns; without an App, this call.
 
         `exits`: the request's dependencies, cleaned up when the run ends, told of `error`.
-        `here`: run in this process, even with a queue backend, which did not take the run
-        sent with this run id (a late broker may run it too: its keys are the same).
+        `here`: the run as sent to a queue backend, which did not take it for sure: it runs in
+        this process, under the same ids (a late broker may run it too: its keys are the same).
         """
         run = self._run(scope, settings, steps, failed, exits, error)
         if here is not None:
-            run.here = True
-            run.run_id = here
+            run.continues(here)
         watcher = observer.get()
         if watcher is not None:
             watcher.scheduled(run, self._labelled(scope, steps))
@@ -279,6 +316,10 @@ class _Endpoint:
     ) -> Run:
         run = Run(scope, settings, failed, exits, error)
         run.route = scope.get(PREFIX, "") + self.route.path
+        if settings.idempotency_secret is not None or (
+            settings.backend is not None and not settings.ignored_idempotency_key
+        ):
+            _fix_run_id(run, scope, settings)
         if settings.instruments and not run.simple:  # an active one says where each came from
             run.sources = sources_by_task(self._labelled(scope, steps))
         return run
@@ -308,13 +349,74 @@ def _alone(error: Exception) -> Exception:
     return error
 
 
-def _unavailable() -> LilyaResponse:
-    """Strict mode's answer when the broker did not take the run: try again later."""
+class _SendsRunFirst:
+    """A `send` that hands the run to the broker before the last chunk of a body made as it is
+    sent: the body is whole by then (its run's tasks are a success's), and the client does
+    not have the whole response before the broker has the run."""
+
+    __slots__ = ("backend", "delivery", "run", "send", "steps")
+
+    def __init__(
+        self, send: Send, backend: QueueBackend, steps: tuple[Task, ...], run: Run
+    ) -> None:
+        self.send, self.backend, self.steps, self.run = send, backend, steps, run
+        self.delivery: Delivery | None = None  # what the send came to, once tried
+
+    async def __call__(self, message: Message) -> None:
+        if (
+            self.delivery is None
+            and message["type"] == "http.response.body"
+            and not message.get("more_body", False)
+        ):
+            self.delivery = await self.backend.send(self.steps, self.run)
+        await self.send(message)
+
+
+RUN_HEADER = "ESM-Tasks-Run"  # strict mode's 503: "may-be-delivered" or "not-delivered"
+
+
+def _unavailable(delivery: Delivery) -> LilyaResponse:
+    """Strict mode's answer when the broker did not take the run: try again later. Its
+    `ESM-Tasks-Run` header says whether the broker may have the run yet (the send timed out:
+    it may still run) or certainly does not (refused: it will not)."""
+    if delivery is Delivery.MAY_BE_DELIVERED:
+        detail = (
+            "the broker did not confirm the request's tasks in time and may still run them; "
+            "retry with the same Idempotency-Key header to keep their idempotency keys"
+        )
+    else:
+        detail = "the request's tasks could not be queued; try again later"
     return JSONResponse(
-        {"detail": "the request's tasks could not be queued; try again later"},
+        {"detail": detail},
         status_code=503,
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": "5", RUN_HEADER: delivery.value},
     )
+
+
+def _bad_key(scope: Scope) -> LilyaResponse | None:
+    """A 400 for an Idempotency-Key that cannot name a run, or None."""
+    key = key_of(scope.get("headers", ()))
+    reason = None if key is None else invalid(key)
+    return None if reason is None else JSONResponse({"detail": reason}, status_code=400)
+
+
+def _fix_run_id(run: Run, scope: Scope, settings: Settings) -> None:
+    """The run id of a request with an Idempotency-Key: derived from it, with the app's
+    secret; without a secret, a queue app says once that the key is not used."""
+    key = key_of(scope.get("headers", ()))
+    if key is None:
+        return
+    if settings.idempotency_secret is not None:
+        run.run_id = run_id_for(settings.idempotency_secret, run.method, run.route, key)
+    elif not settings.ignored_idempotency_key:
+        settings.ignored_idempotency_key = True
+        logger.warning(
+            "a request to %s %s carries an Idempotency-Key header, which fixes its run id only "
+            "with App(idempotency_secret=...): its run id is random, so a retry gets new "
+            "idempotency keys (logged once)",
+            run.method,
+            run.route,
+        )
 
 
 _INVALID: Any = object()  # what `_Endpoint.call` returns for a request that does not bind

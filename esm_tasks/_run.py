@@ -30,6 +30,8 @@ class Settings:
         "background",
         "detach",
         "detaching",
+        "idempotency_secret",
+        "ignored_idempotency_key",
         "instruments",
         "on_task_error",
         "on_task_event",
@@ -51,6 +53,7 @@ class Settings:
         detach: bool = False,
         backend: QueueBackend | None = None,
         instruments: tuple[Instrument, ...] = (),
+        idempotency_secret: bytes | None = None,
     ) -> None:
         self.background = background
         self.on_task_error = on_task_error
@@ -62,6 +65,9 @@ class Settings:
         self.detaching = False  # whether runs are detached now: in detach mode, while the app runs
         self.backend = backend  # a queue's destination, which takes every run
         self.instruments = instruments  # tracing, metrics: told of every attempt
+        # What a run id is derived with from a request's Idempotency-Key (see _idempotency).
+        self.idempotency_secret = idempotency_secret
+        self.ignored_idempotency_key = False  # whether a key that came without one was logged
         # Nothing to do around a task with the default policy but call it (unless an
         # instrument is active: see Run).
         self.simple = task_limiter is None and thread_limiter is None and on_task_event is None
@@ -159,6 +165,14 @@ class Run:
     @run_id.setter
     def run_id(self, value: str) -> None:
         self._run_id = value
+
+    def continues(self, sent: Run) -> None:
+        """Run in this process what was sent to the broker as `sent`, which did not take it
+        for sure: under the same run id and request id, so that if the broker runs it too,
+        its tasks have the same idempotency keys and its logs the same request."""
+        self.here = True
+        self._run_id = sent.run_id
+        self._request_id = sent.request_id
 
     def source_of(self, task: object) -> str:
         """Where `task` came from: "app", "include", "handler", "request" or "response"."""

@@ -274,6 +274,7 @@ async def test_detached() -> None:
 
 async def test_every_example_module_is_tested() -> None:
     import pathlib
+    import re
 
     import docs_src
 
@@ -283,6 +284,9 @@ async def test_every_example_module_is_tested() -> None:
     # Or imported by a test of their own topic (the migration examples: tests/peers/).
     tests = "".join(path.read_text() for path in pathlib.Path(__file__).parent.rglob("test_*.py"))
     tested |= {name for name in examples if f'"docs_src.{name}"' in tests}
+    # A page's examples may be tested in a file of their own, tests/test_docs_<page>.py.
+    for other in pathlib.Path(__file__).parent.glob("test_docs_*.py"):
+        tested |= set(re.findall(r"^(?:async )?def test_(\w+)\(", other.read_text(), re.M))
     assert examples <= tested, f"untested examples: {sorted(examples - tested)}"
 
 

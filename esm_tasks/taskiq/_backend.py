@@ -7,8 +7,8 @@ import contextlib
 import contextvars
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from lilya.background import Task
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from taskiq import AsyncBroker
 from taskiq.message import TaskiqMessage
 
-from .._dispatch import IN_REQUEST, Steps
+from .._dispatch import IN_REQUEST, Delivery, Steps
 from .._events import logger
 from .._execution import run_steps
 from .._instruments import dead_lettered
@@ -46,18 +46,34 @@ class TaskiqBackend:
     :param broker: any taskiq broker; `from_url` picks one for a URL.
     :param send_timeout: seconds a run may take to reach the broker; past that, or if the
         broker refuses it, the run executes in this process, with a WARNING.
+    :param strict: answer 503 instead when the broker does not take a run, saying in its
+        `ESM-Tasks-Run` header whether the broker may have it yet.
+    :param send_before_response: send each run before its response is complete (the
+        default), so that a crash of this process once a client has its answer loses no run;
+        False sends after the response, which a crash in between loses.
     """
 
     def __init__(
-        self, broker: AsyncBroker, *, send_timeout: float = 2.0, strict: bool = False
+        self,
+        broker: AsyncBroker,
+        *,
+        send_timeout: float = 2.0,
+        strict: bool = False,
+        send_before_response: bool = True,
     ) -> None:
         if not isinstance(broker, AsyncBroker):
             raise TypeError(f"TaskiqBackend takes a taskiq broker, got {broker!r}")
         if not isinstance(send_timeout, (int, float)) or send_timeout <= 0:
             raise ValueError(f"TaskiqBackend(send_timeout=...) takes seconds, got {send_timeout!r}")
+        if strict and not send_before_response:
+            raise ValueError(
+                "TaskiqBackend(strict=True) sends before the response, to answer 503 when the "
+                "broker does not take a run; it cannot take send_before_response=False"
+            )
         self.broker = broker
         self.send_timeout = send_timeout
         self.strict = strict
+        self.send_before_response = send_before_response
 
         async def run(message: dict[str, Any]) -> None:  # taskiq registers functions only
             await self._execute(message)
@@ -168,15 +184,16 @@ class TaskiqBackend:
         return self._send(steps, run, context)
 
     async def _send(self, steps: Steps, run: Run, context: contextvars.Context | None) -> None:
-        if not await self.send(steps, run, context):
+        if await self.send(steps, run, context) is not Delivery.SENT:
             await IN_REQUEST.take(steps, run, context)  # nothing is lost while this process lives
         elif run.exits is not None:
             await run.release()  # the worker cannot use what the request opened: it closes now
 
     async def send(
         self, steps: Steps, run: Run, context: contextvars.Context | None = None
-    ) -> bool:
+    ) -> Delivery:
         where = f"{run.method} {run.path} [request {run.request_id}]"
+        written = False  # whether the broker may have been given the run
         try:
             # Encoded in the request's context, when handed over: its trace goes along.
             request = f"{run.method} {run.path}"
@@ -186,18 +203,27 @@ class TaskiqBackend:
                 message = context.run(self._encode, steps, run, request)
             if not self._connected:
                 await self._connect()  # unreachable when the app started: try again
+            written = True
             async with _within(self.send_timeout):
                 await self._task.kiq(message.wire())
         except TypeError:  # checked when the handler returned; a failed request's run was not
             logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
-            return False
+            return Delivery.NOT_DELIVERED
         except Exception as error:
+            delivery = Delivery.NOT_DELIVERED
+            if written and not _unsent(self.broker, error):
+                delivery = Delivery.MAY_BE_DELIVERED
             logger.warning(
-                "the run of %s could not be sent to the broker (%r)%s",
-                *(where, error, "" if self.strict else "; it runs in this process instead"),
+                "the run of %s could not be sent to the broker (%s): %s%s",
+                where,
+                _cause(error, self.send_timeout),
+                "the broker may have it yet"
+                if delivery is Delivery.MAY_BE_DELIVERED
+                else "the broker does not have it",
+                "" if self.strict else "; it runs in this process instead",
             )
-            return False
-        return True
+            return delivery
+        return Delivery.SENT
 
     async def _execute(self, data: dict[str, Any]) -> None:
         """A worker's side: run one message's first step as the serving process would have,
@@ -252,3 +278,44 @@ def _names(step: Task) -> str:
     if members is None:
         return str(getattr(step, "name", step))
     return f"[{', '.join(_names(member) for member in members())}]"
+
+
+@runtime_checkable
+class KnowsUnsent(Protocol):
+    """A broker that can tell, from an error a send raised (or its cause), that the message was
+    never given to the broker (the channel was closed, the bytes were never written)."""
+
+    def unsent(self, error: BaseException) -> bool: ...
+
+
+def _unsent(broker: AsyncBroker, error: BaseException) -> bool:
+    """Whether the broker certainly did not get a message whose send raised `error`: the
+    connection was refused (or the broker says it was never written). A send that timed out,
+    or lost its connection while it waited for the broker's answer, may have reached it."""
+    if any(isinstance(inner, TimeoutError) for inner in _chain(error)):
+        return False
+    told = broker.unsent if isinstance(broker, KnowsUnsent) else None
+    return any(
+        isinstance(inner, ConnectionRefusedError) or (told is not None and told(inner))
+        for inner in _chain(error)
+    )
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and what caused it, inner last: taskiq wraps a broker's error in SendTaskError."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _cause(error: BaseException, timeout: float) -> str:
+    """What a failed send's WARNING says: the innermost cause, by type and message, bounded."""
+    if isinstance(error, TimeoutError):
+        return f"the broker did not take it within {timeout:g} s"
+    *_, inner = _chain(error)
+    text = str(inner)
+    said = f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+    return said if len(said) <= 300 else said[:299] + "…"

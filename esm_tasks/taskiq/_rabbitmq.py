@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 
 import aio_pika
+import aiormq
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
@@ -86,6 +87,10 @@ class QueueBroker(AioPikaBroker):
                 held.append(message)
         for message in held:
             await message.nack(requeue=True)
+
+    def unsent(self, error: BaseException) -> bool:
+        """Whether a send that raised `error` published nothing: its channel was closed."""
+        return isinstance(error, aiormq.exceptions.ChannelInvalidStateError)
 
     def _channel(self) -> aio_pika.abc.AbstractChannel:
         if self.write_channel is None:

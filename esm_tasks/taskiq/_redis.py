@@ -115,6 +115,11 @@ class StreamBroker(AsyncBroker):
     async def kick(self, message: BrokerMessage) -> None:
         await self.redis.xadd(self.stream, {"data": message.message})
 
+    def unsent(self, error: BaseException) -> bool:
+        """Whether a send that raised `error` wrote nothing: redis-py failed to write to a
+        connection already reset (a failure while reading the answer may follow a write)."""
+        return isinstance(error, RedisConnectionError) and "while writing" in str(error)
+
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
         # Redis is read by a task of its own, which ends by itself within `poll` once listening
         # stops: cancelling redis-py in a blocked read can leave it waiting for good, and a
