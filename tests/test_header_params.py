@@ -1,6 +1,7 @@
 """`Header()` parameters: read from request headers in handlers and dependencies alike, coerced
 as query parameters are, refused with a 422 naming the header, and documented in OpenAPI."""
 
+import importlib
 from typing import Annotated, Any
 
 import httpx
@@ -209,3 +210,26 @@ async def test_headers_appear_in_openapi_for_the_handler_and_every_dependency_li
     # A route without parameters of its own still documents the App's and the Include's.
     assert sorted(headers("/api/plain")) == ["x-tenant", "x-token"]
     assert "422" in document["paths"]["/api/plain"]["get"]["responses"]
+
+
+async def test_the_documented_example() -> None:
+    header_params = importlib.import_module("docs_src.header_params")
+    async with TestClient(header_params.app) as http:
+        sent = [("X-Token", "secret"), ("x-page-size", "50"), ("tags", "a"), ("tags", "b")]
+        assert (await http.get("/whoami", headers=sent)).json() == {
+            "token": "secret",
+            "page_size": 50,
+            "tags": ["a", "b"],
+            "trace": None,
+        }
+        missing = await http.get("/whoami")
+        assert missing.status_code == 422
+        assert missing.json()["detail"][0]["loc"] == ["header", "x-token"]
+        document = (await http.get("/openapi.json")).json()
+    parameters = document["paths"]["/whoami"]["get"]["parameters"]
+    assert [(p["name"], p["in"], p["required"]) for p in parameters] == [
+        ("x-token", "header", True),
+        ("X-Page-Size", "header", False),
+        ("tags", "header", False),
+        ("traceparent", "header", False),
+    ]
