@@ -6,14 +6,14 @@ from typing import Annotated
 from lilya.exceptions import HTTPException
 from lilya.requests import Request
 
-from esm_tasks import App, BackgroundTasks, Depends, Include, get, post, task_policy
+from esm_tasks import App, BackgroundTasks, Depends, Header, Include, get, post, task_policy
 
 journal: list[str] = []
 
 
-def verify_token(request: Request) -> None:
-    """Run for its effect: a request without the token is answered 401 here."""
-    if request.headers.get("x-token") != "secret":
+def verify_token(x_token: Annotated[str, Header()]) -> None:
+    """Run for its effect: reads the X-Token header; a wrong token is answered 401 here."""
+    if x_token != "secret":
         raise HTTPException(status_code=401, detail="X-Token header invalid")
 
 
@@ -68,4 +68,5 @@ app = App(
         Include("/api", routes=[read_item, recall], dependencies=[Depends(count_request)]),
     ],
     dependencies=[Depends(verify_token)],
+    enable_openapi=True,
 )

@@ -5,6 +5,7 @@ from ._decorators import delete, get, patch, post, put, route
 from ._depends import Depends
 from ._events import TaskEvent
 from ._execution import idempotency_key
+from ._header import Header
 from ._policy import TaskPolicy, task_policy
 from ._responses import (
     FileResponse,
@@ -27,6 +28,7 @@ __all__ = [
     "Depends",
     "FileResponse",
     "HTMLResponse",
+    "Header",
     "Include",
     "JSONResponse",
     "PlainText",

@@ -29,6 +29,7 @@ class Binding:
     """One request's state while its parameters are bound; built only when needed."""
 
     __slots__ = (
+        "_headers",
         "_query",
         "_request",
         "body",
@@ -64,6 +65,7 @@ class Binding:
         self.errors: list[dict[str, Any]] = []
         self._request: Request | None = None
         self._query: dict[str, list[str]] | None = None
+        self._headers: dict[str, list[str]] | None = None
 
     @property
     def request(self) -> Request:
@@ -76,6 +78,18 @@ class Binding:
         if self._query is None:
             self._query = parse_query(self.scope["query_string"].decode("latin-1"))
         return self._query
+
+    @property
+    def headers(self) -> dict[str, list[str]]:
+        """Each header's values, in order, under its name in lower case."""
+        if self._headers is None:
+            headers: dict[str, list[str]] = {}
+            for key, value in self.scope["headers"]:
+                headers.setdefault(key.decode("latin-1").lower(), []).append(
+                    value.decode("latin-1")
+                )
+            self._headers = headers
+        return self._headers
 
     def invalid(self, where: str, name: str, error: ValidationError | None = None) -> Any:
         if error is None:
@@ -160,6 +174,23 @@ def get_query(
         return adapter.validate_python(raw)
     except ValidationError as error:
         return binding.invalid(where, name, error)
+
+
+def get_header(
+    name: str, adapter: TypeAdapter[Any] | None, default: Any, many: bool, binding: Binding
+) -> Any:
+    """`name`: the header, as documented and named in errors; looked up in lower case."""
+    values = binding.headers.get(name.lower())
+    # Sent more than once, a header's first value is its value, as Starlette's Headers.get has it.
+    raw = values if many or values is None else values[0]
+    if raw is None:
+        return binding.invalid("header", name) if default is EMPTY else default
+    if adapter is None:
+        return raw
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as error:
+        return binding.invalid("header", name, error)
 
 
 def get_body(name: str, adapter: TypeAdapter[Any], default: Any, binding: Binding) -> Any:

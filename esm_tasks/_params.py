@@ -33,12 +33,14 @@ from ._binding import (
     get_body,
     get_default,
     get_draft,
+    get_header,
     get_path,
     get_query,
     get_request,
     get_tasks,
 )
 from ._depends import Dependency, evaluate, marker_of
+from ._header import HeaderParam
 from ._responses import ResponseDraft
 
 BODY_NAMES = frozenset({"data", "payload"})
@@ -47,7 +49,9 @@ BODY_NAMES = frozenset({"data", "payload"})
 Getter = Callable[[Binding], Any]
 
 
-Source = Literal["path", "query", "body", "request", "tasks", "draft", "dependency", "default"]
+Source = Literal[
+    "path", "query", "header", "body", "request", "tasks", "draft", "dependency", "default"
+]
 """Where a parameter's value comes from ("default": a task's dependency takes its default)."""
 
 
@@ -62,6 +66,8 @@ class Param:
     annotation: Any = EMPTY
     """The type it is validated against, once Annotated and Depends are looked through."""
     default: Any = EMPTY
+    header: str | None = None
+    """For a header parameter, the header it reads, as declared (`x-token`, `X-Token`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +228,23 @@ def _plan(
     for parameter in signature.parameters.values():
         annotation, marker = _declared(parameter, func, where)
         if marker is not None:
+            if _header_of(parameter, annotation, func, where)[1] is not None:
+                raise TypeError(
+                    f"{where}: parameter {parameter.name!r} of {func.__qualname__} declares both "
+                    "Depends and Header; keep one"
+                )
             dependency = _plan_dependency(
                 marker, annotation, parameter, path_params, where, (*outer, func), for_task=for_task
             )
             needs |= dependency.plan.needs
             params.append(Param(parameter.name, None, dependency, "dependency", annotation))
         elif for_task:
+            if _header_of(parameter, annotation, func, where)[1] is not None:
+                raise TypeError(
+                    f"{where}: {func.__qualname__} reads header {parameter.name!r}, which a "
+                    "task's dependency cannot receive: it runs without a request; give it a "
+                    "default or a Depends"
+                )
             if parameter.default is EMPTY:
                 raise TypeError(
                     f"{where}: {func.__qualname__} takes {parameter.name!r}, which a task's "
@@ -236,6 +253,8 @@ def _plan(
                 )
             default: Getter = functools.partial(get_default, parameter.default)
             params.append(Param(parameter.name, default, None, "default", annotation))
+        elif (header := _header_of(parameter, annotation, func, where))[1] is not None:
+            params.append(_header_param(parameter, *header, func, where))
         else:
             try:
                 getter, source, need = _getter(parameter, annotation, path_params)
@@ -275,7 +294,7 @@ def _declared(
             raise TypeError(
                 f"{where}: parameter {name!r} of {_name(func)} uses {type(item).__module__}'s "
                 f"{type(item).__name__.lstrip('_')}, which esm_tasks does not read; use "
-                "esm_tasks.Depends"
+                f"esm_tasks.{'Header' if type(item).__name__ == 'Header' else 'Depends'}"
             )
     marker = parameter.default if isinstance(parameter.default, Dependency) else None
     if typing.get_origin(annotation) is Annotated:
@@ -292,6 +311,65 @@ def _declared(
             # What is left (a pydantic Field, say) still applies when the value is validated.
             annotation = Annotated.__class_getitem__((inner, *rest)) if rest else inner
     return annotation, marker
+
+
+def _header_of(
+    parameter: inspect.Parameter, annotation: Any, func: Callable[..., Any], where: str
+) -> tuple[Any, HeaderParam | None, Any]:
+    """A parameter's type with any `Header` marker taken out of its `Annotated` metadata, the
+    marker (in its default or that metadata), and the parameter's default."""
+    name = parameter.name
+    marker = parameter.default if isinstance(parameter.default, HeaderParam) else None
+    default = marker.default if marker is not None else parameter.default
+    if typing.get_origin(annotation) is not Annotated:
+        return annotation, marker, default
+    inner, *metadata = typing.get_args(annotation)
+    markers = [item for item in metadata if isinstance(item, HeaderParam)]
+    if not markers:
+        return annotation, marker, default
+    if len(markers) > 1 or marker is not None:
+        raise TypeError(
+            f"{where}: parameter {name!r} of {func.__qualname__} declares more than one "
+            "Header; keep one"
+        )
+    if markers[0].default is not EMPTY:
+        raise TypeError(
+            f"{where}: parameter {name!r} of {func.__qualname__} gives Header a default inside "
+            f"Annotated; write it as the parameter's own: {name}: ... = {markers[0].default!r}"
+        )
+    rest = tuple(item for item in metadata if not isinstance(item, HeaderParam))
+    # What is left (a pydantic Field, say) still applies when the value is validated.
+    annotation = Annotated.__class_getitem__((inner, *rest)) if rest else inner
+    return annotation, markers[0], default
+
+
+def _header_param(
+    parameter: inspect.Parameter,
+    annotation: Any,
+    marker: HeaderParam | None,
+    default: Any,
+    func: Callable[..., Any],
+    where: str,
+) -> Param:
+    assert marker is not None  # _header_of found it
+    base = _base(annotation)
+    if not _query_can_hold(base):
+        raise TypeError(
+            f"{where}: parameter {parameter.name!r} of {func.__qualname__} is annotated "
+            f"{_show(annotation)}, which a header cannot hold: a header holds text, and "
+            "lists of it when sent more than once; use Depends for a value made in code"
+        )
+    name = marker.header_name(parameter.name)
+    try:
+        adapter = _adapter(annotation)
+    except PydanticUserError as error:
+        reason = str(error).partition("\n")[0]
+        raise TypeError(
+            f"{where}: parameter {parameter.name!r} of {func.__qualname__} is annotated "
+            f"{_show(annotation)}, which esm_tasks cannot read from a header: {reason}"
+        ) from None
+    getter = functools.partial(get_header, name, adapter, default, _is_sequence(base))
+    return Param(parameter.name, getter, None, "header", annotation, default, name)
 
 
 def _plan_dependency(
@@ -380,7 +458,9 @@ def _resolve(annotation: Any, func: Callable[..., Any], name: str, where: str) -
         ) from None
 
 
-_FOREIGN_MARKERS = frozenset({"Depends", "Provide", "Provides", "Security", "Resolve", "Inject"})
+_FOREIGN_MARKERS = frozenset(
+    {"Depends", "Provide", "Provides", "Security", "Resolve", "Inject", "Header"}
+)
 
 
 def _is_foreign_marker(value: object) -> bool:

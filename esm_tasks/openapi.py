@@ -2,8 +2,8 @@
 
 Lilya documents a route from the `openapi_meta` dict its `@openapi` decorator attaches to a
 handler. A `TaskRoute`'s handler offers that dict, made by `operation_meta` when a document is
-built: the query parameters of the handler and of its dependencies, the JSON body, the route's
-status code, and a 422 answer when a parameter can fail validation.
+built: the query and header parameters of the handler and of its dependencies, the JSON body,
+the route's status code, and a 422 answer when a parameter can fail validation.
 
 That dict has no room for an extension or a path parameter's type, so `OpenAPIConfig` finishes
 the document Lilya builds: it types path parameters, gives each method of a route its own
@@ -112,8 +112,10 @@ def operation_meta(route: TaskRoute) -> dict[str, Any]:
     params = list(_params(route.plan))
     query: dict[str, dict[str, Any]] = {}
     for param in params:
-        if param.source == "query":
-            query.setdefault(param.name, _query_parameter(param))  # a dependency may reread one
+        if param.source in ("query", "header"):
+            # A dependency may reread one. Lilya lists these entries as they are, whatever their
+            # key; a header's key has a space, which no query parameter's name can have.
+            query.setdefault(_key(param), _parameter(param))
     responses = {route.status_code: ResponseParam(description=_phrase(route.status_code))}
     if any(_can_fail(param) for param in params):
         responses[422] = ResponseParam(
@@ -146,12 +148,20 @@ def _params(plan: Plan) -> Iterator[Param]:
             yield param
 
 
-def _query_parameter(param: Param) -> dict[str, Any]:
+def _key(param: Param) -> str:
+    """What tells two query or header parameters apart: header names ignore case."""
+    return param.name if param.header is None else f"header {param.header.lower()}"
+
+
+def _parameter(param: Param) -> dict[str, Any]:
+    """The OpenAPI entry of a query or header parameter."""
     required = param.default is EMPTY
     schema = _schema(param.annotation, raw=True)
     if not required:
         with contextlib.suppress(PydanticSerializationError):  # a default JSON can't show
             schema["default"] = to_jsonable_python(param.default)
+    if param.header is not None:
+        return {"name": param.header, "in": "header", "required": required, "schema": schema}
     return {"name": param.name, "in": "query", "required": required, "schema": schema}
 
 
@@ -172,11 +182,11 @@ def _can_fail(param: Param) -> bool:
     """Whether a request can get a 422 over this parameter."""
     if param.source == "body":
         return True  # malformed JSON, if nothing else
-    if param.source not in ("path", "query"):
+    if param.source not in ("path", "query", "header"):
         return False
     # Unannotated, str and Any parameters take the raw string as it is.
     checked = not (param.annotation is EMPTY or param.annotation is str or param.annotation is Any)
-    return checked or (param.source == "query" and param.default is EMPTY)
+    return checked or (param.source != "path" and param.default is EMPTY)
 
 
 def _schema(annotation: Any, *, raw: bool) -> dict[str, Any]:
@@ -257,11 +267,10 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, around: Around) -
         if param.name in in_path and param.source in ("path", "query")
     }
     outer = params[: len(params) - len(list(_params(route.plan)))]
-    outer_query = [
-        _query_parameter(param)
-        for param in outer
-        if param.source == "query" and param.name not in in_path
-    ]
+    outer_parameters: dict[str, dict[str, Any]] = {}
+    for param in outer:
+        if param.source == "header" or (param.source == "query" and param.name not in in_path):
+            outer_parameters.setdefault(_key(param), _parameter(param))
     outer_can_fail = any(_can_fail(param) for param in outer)
     layers = tuple(a for a in around if not isinstance(a, DependencyPlan))
     declared = label_sources((), layers, route.background)
@@ -274,10 +283,10 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, around: Around) -
             for parameter in operation.get("parameters", ())
             if not (parameter.get("in") == "query" and parameter.get("name") in in_path)
         ]
-        queried = {
-            parameter.get("name") for parameter in parameters if parameter.get("in") == "query"
-        }
-        parameters += [query for query in outer_query if query["name"] not in queried]
+        listed = {_listed(parameter) for parameter in parameters}
+        parameters += [
+            parameter for key, parameter in outer_parameters.items() if key not in listed
+        ]
         named = {parameter.get("name") for parameter in parameters if parameter.get("in") == "path"}
         parameters += [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -297,6 +306,13 @@ def _finish(item: dict[str, Any], path: str, route: TaskRoute, around: Around) -
         if len(methods) > 1:  # Lilya names every method of a route alike
             operation["operationId"] = f"{operation.get('operationId', route.name)}_{method}"
         operation["x-background-tasks"] = [_entry(task, source) for source, task in declared]
+
+
+def _listed(parameter: dict[str, Any]) -> str | None:
+    """The `_key` of a parameter already on an operation: None for a path parameter's."""
+    name = str(parameter.get("name"))
+    where = parameter.get("in")
+    return name if where == "query" else f"header {name.lower()}" if where == "header" else None
 
 
 def _unique_operation_ids(paths: dict[str, Any]) -> None:

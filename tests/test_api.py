@@ -11,6 +11,7 @@ def test_all_is_the_public_api() -> None:
         "Depends",
         "FileResponse",
         "HTMLResponse",
+        "Header",
         "Include",
         "JSONResponse",
         "PlainText",

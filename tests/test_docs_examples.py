@@ -411,7 +411,10 @@ async def test_route_dependencies() -> None:
     module = example("route_dependencies")
     token = {"X-Token": "secret"}
     async with TestClient(module.app) as http:
-        refused = await http.get("/api/items/portal-gun")
+        missing = await http.get("/api/items/portal-gun")
+        assert missing.status_code == 422
+        assert missing.json()["detail"][0]["loc"] == ["header", "x-token"]
+        refused = await http.get("/api/items/portal-gun", headers={"X-Token": "wrong"})
         assert (refused.status_code, refused.text) == (401, "X-Token header invalid")
         mine = await http.get("/api/items/portal-gun", headers=token)
         assert mine.json() == {"item": "portal-gun", "owner": "Rick"}
@@ -420,7 +423,16 @@ async def test_route_dependencies() -> None:
         assert (await http.post("/api/items/plumbus/recall", headers=token)).status_code == 403
         recalled = await http.post("/api/items/plumbus/recall?role=admin", headers=token)
         assert recalled.json() == {"recalled": "plumbus"}
-    # Each refusal (the token's 401, the owner's 400) ran the route's error task only.
+        document = (await http.get("/openapi.json")).json()
+    # The App's header and the route's query parameter, on the operation they guard.
+    parameters = document["paths"]["/api/items/{item_id}/recall"]["post"]["parameters"]
+    assert {(p["name"], p["in"]) for p in parameters} == {
+        ("item_id", "path"),
+        ("x-token", "header"),
+        ("role", "query"),
+    }
+    # The missing token's 422 ran no task; each refusal (the token's 401, the owner's 400) ran
+    # the route's error task only.
     assert module.journal == [
         "refusal reported",
         "counted /api/items/portal-gun",
