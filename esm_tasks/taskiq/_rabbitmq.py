@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import AsyncGenerator
 
 import aio_pika
+from taskiq import AckableMessage
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
 
-from ._dead_letters import DeadLetter
+from .._text import bounded
+from ._dead_letters import DeadLetter, Delivery
 
 
 class QueueBroker(AioPikaBroker):
     """A quorum queue, its exchange, and `<queue>.dead` beside it.
 
-    RabbitMQ gives a dead consumer's unacknowledged messages to the next one at once. A message
-    delivered `max_deliveries` times (a run that keeps killing its worker) goes, by RabbitMQ
-    itself, to the dead-letter queue, as does one the worker refuses.
+    RabbitMQ gives a dead consumer's unacknowledged messages to the next one at once, with
+    how many times it delivered them; a worker quarantines a redelivered run and dead-letters
+    one delivered more than `max_deliveries` times (it killed its worker each time it ran
+    alone). RabbitMQ's own delivery limit, twice that, is a backstop.
     """
 
     def __init__(
@@ -26,14 +30,16 @@ class QueueBroker(AioPikaBroker):
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
         self.dead = f"{queue}.dead"
+        self.max_deliveries = max_deliveries
         super().__init__(
             url,
             # A worker holds no more than it runs: what a stopped worker held and never
             # started also counts as delivered.
             qos=prefetch,
             exchange=Exchange(name=queue),
-            # RabbitMQ's limit counts returns: delivered once, then returned up to the limit.
-            task_queues=[Queue(name=queue, arguments={"x-delivery-limit": max_deliveries - 1})],
+            # RabbitMQ's limit counts returns: the worker, which logs and counts what it
+            # dead-letters, decides first; RabbitMQ's limit only stops a run no worker could.
+            task_queues=[Queue(name=queue, arguments={"x-delivery-limit": 2 * max_deliveries})],
             # Classic: a quorum queue would count each listing as a delivery, and may drop.
             dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
             # Named, so that an operator sees whose connection is whose.
@@ -45,11 +51,25 @@ class QueueBroker(AioPikaBroker):
         """Hold at most `runs` messages at once: a worker's concurrency."""
         self._qos = runs
 
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        async for message in super().listen():
+            # taskiq-aio-pika hands on the body and aio-pika's message's `ack`; the message's
+            # headers say how often RabbitMQ has returned it (a quorum queue counts them).
+            incoming = getattr(message.ack, "__self__", None)
+            headers = getattr(incoming, "headers", None) or {}
+            returned = headers.get("x-delivery-count", 0)
+            yield Delivery(
+                data=message.data,
+                ack=message.ack,
+                deliveries=1 + (returned if isinstance(returned, int) else 0),
+            )
+
     async def dead_letter(self, data: bytes, reason: str) -> None:
         await self._channel().default_exchange.publish(
             aio_pika.Message(
                 data,
-                headers={"x-esm-tasks-reason": reason},
+                # Bounded: a header larger than a frame closes the connection.
+                headers={"x-esm-tasks-reason": bounded(reason)},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=self.dead,
@@ -62,8 +82,8 @@ class QueueBroker(AioPikaBroker):
         while (message := await queue.get(fail=False)) is not None:
             held.append(message)
             reason = message.headers.get("x-esm-tasks-reason")
-            if reason is None:  # dead-lettered by RabbitMQ: its delivery limit
-                reason = "delivered too many times (its worker died each time)"
+            if reason is None:  # dead-lettered by RabbitMQ: its delivery limit, a backstop
+                reason = "delivered too many times (RabbitMQ's delivery limit)"
             found.append(DeadLetter(str(message.delivery_tag), message.body, str(reason)))
         for message in held:
             await message.nack(requeue=True)

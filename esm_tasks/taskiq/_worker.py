@@ -9,15 +9,17 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from taskiq import AsyncBroker
 from taskiq.acks import AckableMessage, AcknowledgeType
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 
 from .._events import logger
 from .._instruments import Instrument, dead_lettered
+from .._text import bounded
+from .._wire import RunMessage
 from ._backend import TASK_NAME, TaskiqBackend
 from ._dead_letters import KeepsDeadLetters
+from ._screening import describe, named, screen
 
 
 class WorkerError(Exception):
@@ -54,7 +56,7 @@ async def work(
     serve_at_most = getattr(broker, "serve_at_most", None)
     if serve_at_most is not None:  # esm_tasks' RabbitMQ broker: prefetch no more than it runs
         serve_at_most(concurrency)
-    grace = _Grace(broker, getattr(settings, "instruments", ()))
+    grace = _Grace(backend, getattr(settings, "instruments", ()))
     receiver = Receiver(
         broker,
         max_async_tasks=concurrency,
@@ -106,49 +108,80 @@ def _innermost(error: BaseException) -> BaseException:
 
 
 class _Grace:
-    """Wraps the broker's `listen` so that no message is acknowledged once `over` is set."""
+    """Wraps the broker's `listen`: each message is screened before taskiq sees it (what
+    cannot run becomes a dead letter), a redelivered run runs alone (quarantined), and no
+    message is acknowledged once `over` is set."""
 
-    def __init__(self, broker: AsyncBroker, instruments: tuple[Instrument, ...] = ()) -> None:
-        self.broker = broker
+    def __init__(self, backend: TaskiqBackend, instruments: tuple[Instrument, ...] = ()) -> None:
+        self.backend = backend
+        self.broker = backend.broker
         self.instruments = instruments
         self.over = False
-        self._listen = broker.listen
-        broker.listen = self.listen  # type: ignore[method-assign]
+        # The worker's own limit; the broker's, if it has one, is higher: a backstop.
+        self.max_deliveries: int | None = getattr(self.broker, "max_deliveries", None)
+        self._running = 0  # messages handed to taskiq and not yet acknowledged
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._listen = self.broker.listen
+        self.broker.listen = self.listen  # type: ignore[method-assign]
 
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
         async for message in self._listen():
-            if isinstance(message, AckableMessage):
-                reason = _unrunnable(self.broker, message.data)
-                if reason is not None and isinstance(self.broker, KeepsDeadLetters):
-                    # taskiq would log it and acknowledge it: kept instead, never dropped.
-                    await self.broker.dead_letter(message.data, reason)
-                    logger.error("a message that cannot run is now a dead letter: %s", reason)
-                    dead_lettered(self.instruments)
-                    await maybe_awaitable(message.ack())
-                    continue
-                message = AckableMessage(
-                    data=message.data, ack=functools.partial(self.ack, message)
+            if not isinstance(message, AckableMessage):
+                yield message
+                continue
+            deliveries = getattr(message, "deliveries", 1)
+            reason, run = self._screen(message.data, deliveries)
+            if reason is not None and isinstance(self.broker, KeepsDeadLetters):
+                # taskiq would log it and acknowledge it: kept instead, never dropped.
+                await self.broker.dead_letter(message.data, reason)
+                dead_lettered(self.instruments)
+                await maybe_awaitable(message.ack())
+                continue
+            quarantined = deliveries > 1
+            if quarantined:
+                # Its worker stopped while it was held: perhaps it killed it, perhaps it only
+                # shared it with a run that did. Run alone, a next death is charged to it only.
+                await self._idle.wait()
+                logger.warning(
+                    "%s was delivered %d times: it runs alone on this worker (quarantined)",
+                    *(named(run), deliveries),
                 )
-            yield message
+            done = asyncio.Event()
+            self._running += 1
+            self._idle.clear()
+            yield AckableMessage(data=message.data, ack=functools.partial(self.ack, message, done))
+            if quarantined:
+                await done.wait()  # nothing else starts on this worker until it ends
 
-    def ack(self, message: AckableMessage) -> Awaitable[None] | None:
+    def _screen(self, data: bytes, deliveries: int) -> tuple[str | None, RunMessage | None]:
+        """Why a message will not run here, or None; and its run, if it decoded."""
+        registry = self.backend._registry
+        assert registry is not None, "attached by App"
+        screened = screen(
+            data, self.broker.formatter, registry, self.backend.max_message_size, TASK_NAME
+        )
+        if screened.reason is not None:
+            logger.error("a message that cannot run is now a dead letter: %s", screened.reason)
+            return screened.reason, screened.run
+        if self.max_deliveries is not None and deliveries > self.max_deliveries:
+            # Run alone on each delivery after its first, its workers died with it each time.
+            reason = (
+                f"delivered {deliveries} times; its worker died each time it ran, "
+                f"{deliveries - 2} of them alone (max_deliveries={self.max_deliveries})"
+            )
+            run_id = screened.run.run_id if screened.run is not None else "-"
+            logger.error(
+                "run %s, %s, is now a dead letter: %s", bounded(run_id, 100), describe(data), reason
+            )
+            return reason, screened.run
+        return None, screened.run
+
+    def ack(self, message: AckableMessage, done: asyncio.Event) -> Awaitable[None] | None:
+        self._running -= 1
+        if not self._running:
+            self._idle.set()
+        done.set()
         if self.over:
             return None
         return message.ack()
-
-
-def _unrunnable(broker: AsyncBroker, data: bytes) -> str | None:
-    """Why a message is not one taskiq can hand to this worker's run function, or None.
-
-    taskiq would log and acknowledge such a message; whether the run itself is one this
-    version reads is checked once, where it runs (`TaskiqBackend._execute`).
-    """
-    try:
-        message = broker.formatter.loads(data)
-    except Exception as error:
-        return f"not a taskiq message ({error!r})"
-    if message.task_name != TASK_NAME:
-        return f"it names the task {message.task_name!r}, not {TASK_NAME!r}"
-    if len(message.args) != 1 or not isinstance(message.args[0], dict) or message.kwargs:
-        return "not a run this version of esm_tasks reads (its arguments are not one run)"
-    return None
