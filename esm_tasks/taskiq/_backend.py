@@ -251,8 +251,10 @@ class TaskiqBackend:
                 await self._connect()  # unreachable when the app started: try again
             async with _within(self.send_timeout):
                 await self._task.kiq(message.wire())
-        except TypeError:  # checked when the handler returned; a failed request's run was not
-            logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
+        except TypeError as error:  # checked when the handler returned; a failed request's
+            # run was not. If this error is what failed the request, it was told once already.
+            if not (isinstance(run.error, TypeError) and run.error.args == error.args):
+                logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
             return False
         except Exception as error:
             logger.warning(

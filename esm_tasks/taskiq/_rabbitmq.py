@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncGenerator
 
 import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from taskiq import AckableMessage
+from taskiq.utils import maybe_awaitable
 from taskiq_aio_pika import AioPikaBroker
+from taskiq_aio_pika.exceptions import NoStartupError
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
 
@@ -46,23 +51,59 @@ class QueueBroker(AioPikaBroker):
             client_properties={"connection_name": f"esm_tasks {queue}"},
         )
         self.queue = queue
+        self._consumed: AbstractQueue | None = None
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._tag: ConsumerTag | None = None
 
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""
         self._qos = runs
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        async for message in super().listen():
-            # taskiq-aio-pika hands on the body and aio-pika's message's `ack`; the message's
-            # headers say how often RabbitMQ has returned it (a quorum queue counts them).
-            incoming = getattr(message.ack, "__self__", None)
-            headers = getattr(incoming, "headers", None) or {}
-            returned = headers.get("x-delivery-count", 0)
-            yield Delivery(
-                data=message.data,
-                ack=message.ack,
-                deliveries=1 + (returned if isinstance(returned, int) else 0),
-            )
+        """The queue's messages, each with how many times it was delivered. A consumer of
+        its own, rather than taskiq-aio-pika's, so that a worker can pause it (see
+        `pause`) without handing back, counted, what RabbitMQ had already sent it."""
+        if self.read_channel is None:
+            raise NoStartupError("Call startup before starting listening.")
+        await self.read_channel.set_qos(prefetch_count=self._qos)
+        self._consumed = await self.read_channel.get_queue(self.queue)
+        self._inbox = asyncio.Queue()
+        await self.resume()
+        try:
+            while True:
+                message = await self._inbox.get()
+                yield Delivery(data=message.body, ack=message.ack, deliveries=_deliveries(message))
+        finally:
+            with contextlib.suppress(Exception):  # the channel may be gone with the broker
+                await self.pause()
+
+    async def pause(self) -> None:
+        """Stop deliveries. What RabbitMQ sent before stays in `buffered` for the worker."""
+        tag, self._tag = self._tag, None
+        if tag is not None and self._consumed is not None:
+            await self._consumed.cancel(tag)
+
+    async def resume(self) -> None:
+        if self._tag is None and self._consumed is not None:
+            self._tag = await self._consumed.consume(self._inbox.put)
+
+    def buffered(self) -> int:
+        """Messages RabbitMQ has sent and `listen` has not yet handed on."""
+        return self._inbox.qsize()
+
+    async def hand_back(self, message: AckableMessage, deliveries: int) -> None:
+        """Put a message this worker will not run now back on the queue, uncounted: sent
+        again with the deliveries it had before this one (which did not run), then
+        acknowledged. Lost: never; twice: only if the worker dies in between."""
+        await self._channel().default_exchange.publish(
+            aio_pika.Message(
+                message.data,
+                headers={_EARLIER: deliveries - 1},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=self.queue,
+        )
+        await maybe_awaitable(message.ack())
 
     async def dead_letter(self, data: bytes, reason: str) -> None:
         await self._channel().default_exchange.publish(
@@ -111,3 +152,17 @@ class QueueBroker(AioPikaBroker):
         if self.write_channel is None:
             raise RuntimeError("the broker is not started")
         return self.write_channel
+
+
+_EARLIER = "x-esm-tasks-deliveries"  # deliveries before a message was handed back
+
+
+def _deliveries(message: AbstractIncomingMessage) -> int:
+    """Deliveries so far, this one included: those before a hand-back, and RabbitMQ's count
+    of returns since (a quorum queue counts them in `x-delivery-count`)."""
+    counted = 1
+    for header in (_EARLIER, "x-delivery-count"):
+        value = (message.headers or {}).get(header)
+        if isinstance(value, int) and value > 0:
+            counted += value
+    return counted

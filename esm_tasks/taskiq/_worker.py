@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncGenerator, Awaitable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -126,33 +126,78 @@ class _Grace:
         self.broker.listen = self.listen  # type: ignore[method-assign]
 
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
-        async for message in self._listen():
+        source = self._listen()
+        async for message in source:
             if not isinstance(message, AckableMessage):
                 yield message
                 continue
             deliveries = getattr(message, "deliveries", 1)
-            reason, run = self._screen(message.data, deliveries)
-            if reason is not None and isinstance(self.broker, KeepsDeadLetters):
-                # taskiq would log it and acknowledge it: kept instead, never dropped.
-                await self.broker.dead_letter(message.data, reason)
-                dead_lettered(self.instruments)
-                await maybe_awaitable(message.ack())
+            buried, run = await self._bury(message, deliveries)
+            if buried:
                 continue
-            quarantined = deliveries > 1
-            if quarantined:
-                # Its worker stopped while it was held: perhaps it killed it, perhaps it only
-                # shared it with a run that did. Run alone, a next death is charged to it only.
-                await self._idle.wait()
-                logger.warning(
-                    "%s was delivered %d times: it runs alone on this worker (quarantined)",
-                    *(named(run), deliveries),
-                )
-            done = asyncio.Event()
-            self._running += 1
-            self._idle.clear()
-            yield AckableMessage(data=message.data, ack=functools.partial(self.ack, message, done))
-            if quarantined:
-                await done.wait()  # nothing else starts on this worker until it ends
+            if deliveries == 1:
+                yield self._track(message)[0]
+                continue
+            async for admitted in self._alone(message, deliveries, run, source):
+                yield admitted
+
+    async def _alone(
+        self,
+        message: AckableMessage,
+        deliveries: int,
+        run: RunMessage | None,
+        source: AsyncGenerator[bytes | AckableMessage, None],
+    ) -> AsyncGenerator[bytes | AckableMessage, None]:
+        """Run a redelivered message alone (quarantined). Its worker stopped while it held
+        it: perhaps it killed it, perhaps it only shared it with a run that did. Alone, a
+        next death is charged to it only: nothing else runs, and nothing else is held."""
+        pausable = self.broker if isinstance(self.broker, _Pausable) else None
+        if pausable is not None:
+            await pausable.pause()  # RabbitMQ: no more deliveries until it ends
+        # What the broker sent before it paused: new runs run first; other redelivered ones
+        # go back uncounted, each to be quarantined in its turn.
+        while pausable is not None and pausable.buffered():
+            other = await anext(source)
+            assert isinstance(other, AckableMessage), "a pausable broker's own kind"
+            more = getattr(other, "deliveries", 1)
+            if (await self._bury(other, more))[0]:
+                continue
+            if more > 1:
+                await pausable.hand_back(other, more)
+            else:
+                yield self._track(other)[0]
+        await self._idle.wait()
+        logger.warning(
+            "%s was delivered %d times: it runs alone on this worker (quarantined)",
+            *(named(run), deliveries),
+        )
+        admitted, done = self._track(message)
+        yield admitted
+        await done.wait()  # nothing else starts on this worker until it ends
+        if pausable is not None:  # (a worker that stops does not: its listen ends)
+            await pausable.resume()
+
+    def _track(self, message: AckableMessage) -> tuple[AckableMessage, asyncio.Event]:
+        """The message as taskiq gets it, counted as running until it is acknowledged."""
+        done = asyncio.Event()
+        self._running += 1
+        self._idle.clear()
+        return AckableMessage(
+            data=message.data, ack=functools.partial(self.ack, message, done)
+        ), done
+
+    async def _bury(
+        self, message: AckableMessage, deliveries: int
+    ) -> tuple[bool, RunMessage | None]:
+        """Dead-letter a message that will not run here; whether it did, and its run."""
+        reason, run = self._screen(message.data, deliveries)
+        if reason is None or not isinstance(self.broker, KeepsDeadLetters):
+            return False, run
+        # taskiq would log it and acknowledge it: kept instead, never dropped.
+        await self.broker.dead_letter(message.data, reason)
+        dead_lettered(self.instruments)
+        await maybe_awaitable(message.ack())
+        return True, run
 
     def _screen(self, data: bytes, deliveries: int) -> tuple[str | None, RunMessage | None]:
         """Why a message will not run here, or None; and its run, if it decoded."""
@@ -185,3 +230,16 @@ class _Grace:
         if self.over:
             return None
         return message.ack()
+
+
+@runtime_checkable
+class _Pausable(Protocol):
+    """A broker that sends a worker messages ahead of what it runs (RabbitMQ's prefetch)."""
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    async def hand_back(self, message: AckableMessage, deliveries: int) -> None: ...
