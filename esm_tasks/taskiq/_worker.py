@@ -207,7 +207,9 @@ class _Grace:
             data, self.broker.formatter, registry, self.backend.max_message_size, TASK_NAME
         )
         if screened.reason is not None:
-            logger.error("a message that cannot run is now a dead letter: %s", screened.reason)
+            logger.error(
+                "%s cannot run; now a dead letter: %s", named(screened.run), screened.reason
+            )
             return screened.reason, screened.run
         if self.max_deliveries is not None and deliveries > self.max_deliveries:
             # Run alone on each delivery after its first, its workers died with it each time.
