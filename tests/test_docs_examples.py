@@ -372,3 +372,17 @@ async def test_steady_load() -> None:
     finally:
         gc.unfreeze()  # the rest of the suite collects as usual
     assert module.sent == ["receipt 7"]
+
+
+async def test_dead_letters() -> None:
+    """The limits a worker holds messages to: the size, and each function's policy caps."""
+    from esm_tasks.taskiq import TaskiqBackend
+
+    module = example("dead_letters")
+    backend = module.app.task_settings.backend
+    assert isinstance(backend, TaskiqBackend)
+    assert backend.max_message_size == 256 * 1024
+    assert backend._registry is not None
+    caps = backend._registry.caps
+    assert caps["docs_src.dead_letters:charge"].retries == 2  # its own @task_policy
+    assert caps["docs_src.dead_letters:export"].retries == 5  # widened where it is declared

@@ -29,10 +29,10 @@ def summary(error: BaseException) -> str:
     where and what, never the value."""
     if isinstance(error, ValidationError):
         first = error.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "the message"
+        where = ".".join(str(part) for part in first["loc"])
         count = error.error_count()
         more = f" (and {count - 1} more)" if count > 1 else ""
-        return bounded(f"{where}: {first['msg']}{more}", 300)
+        return bounded(f"{where + ': ' if where else ''}{first['msg']}{more}", 300)
     return bounded(f"{type(error).__name__}: {error}", 300)
 
 
@@ -101,7 +101,7 @@ def describe(data: bytes) -> str:
     except Exception:  # any bytes at all: not a run, shown as bytes
         request = None
     if request is None:
-        return f"(not a run: {bounded(repr(data[:60]), 200)}, {len(data)} bytes)"
+        return f"(not a run: {bounded(repr(data[:24]), 200)}, {len(data)} bytes)"
     return f"{request}  {bounded(tasks or '-', 300)}"
 
 
