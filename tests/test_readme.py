@@ -15,10 +15,16 @@ def test_every_embedded_example_matches_its_module() -> None:
 
 
 def test_every_example_module_is_in_the_readme() -> None:
+    """In the README, or included by a page of the documentation site."""
     readme = (ROOT / "README.md").read_text()
+    pages = "".join(page.read_text() for page in (ROOT / "docs").rglob("*.md"))
     examples = {p.name for p in (ROOT / "docs_src").glob("*.py")} - {"__init__.py", "demo.py"}
-    missing = {name for name in examples if f"<!-- docs_src/{name} -->" not in readme}
-    assert not missing, f"examples missing from the README: {sorted(missing)}"
+    missing = {
+        name
+        for name in examples
+        if f"<!-- docs_src/{name} -->" not in readme and f'--8<-- "docs_src/{name}"' not in pages
+    }
+    assert not missing, f"examples missing from the README and the pages: {sorted(missing)}"
 
 
 def test_every_python_snippet_is_taken_from_an_example() -> None:
