@@ -116,6 +116,7 @@ HOSTILE: list[tuple[bytes, str]] = [
         "task tests.queue_server:added asks for a policy (retries 1, backoff 1e+09 s",
     ),
     (_envelope([_run()], labels={"timeout": "0.001"}), "it sets taskiq's labels timeout"),
+    (_envelope([_run()]).replace(b'"h"', b'"h\\nINFO forged"', 1), "its task id 'h\\nINFO"),
 ]
 
 

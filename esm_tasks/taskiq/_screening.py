@@ -57,6 +57,9 @@ def screen(data: bytes, formatter: Any, registry: Registry, limit: int, task_nam
         message = formatter.loads(data)
     except Exception as error:  # of any kind: bytes are not a reason to die
         return Screened(f"not a taskiq message ({summary(error)})")
+    if len(message.task_id) > 200 or not message.task_id.isprintable():
+        # taskiq's receiver logs it as it is: it must not forge a line.
+        return Screened(f"its task id {bounded(repr(message.task_id), 200)} is not a printable id")
     if message.task_name != task_name:
         name = bounded(repr(message.task_name), 200)
         return Screened(f"it names the task {name}, not {task_name!r}")

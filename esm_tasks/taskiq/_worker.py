@@ -191,11 +191,17 @@ class _Grace:
     ) -> tuple[bool, RunMessage | None]:
         """Dead-letter a message that will not run here; whether it did, and its run."""
         reason, run = self._screen(message.data, deliveries)
-        if reason is None or not isinstance(self.broker, KeepsDeadLetters):
+        if reason is None:
             return False, run
-        # taskiq would log it and acknowledge it: kept instead, never dropped.
-        await self.broker.dead_letter(message.data, reason)
-        dead_lettered(self.instruments)
+        # What the message is, read from no more than its first bytes, escaped.
+        what = f"run {bounded(run.run_id, 100)}, {describe(message.data)}" if run else "a message"
+        if isinstance(self.broker, KeepsDeadLetters):
+            # taskiq would log it and acknowledge it: kept instead, never dropped.
+            await self.broker.dead_letter(message.data, reason)
+            logger.error("%s, is now a dead letter: %s", what, reason)
+            dead_lettered(self.instruments)
+        else:
+            logger.error("%s, is dropped (this broker keeps no dead letters): %s", what, reason)
         await maybe_awaitable(message.ack())
         return True, run
 
@@ -206,23 +212,14 @@ class _Grace:
         screened = screen(
             data, self.broker.formatter, registry, self.backend.max_message_size, TASK_NAME
         )
-        if screened.reason is not None:
-            logger.error(
-                "%s cannot run; now a dead letter: %s", named(screened.run), screened.reason
-            )
-            return screened.reason, screened.run
-        if self.max_deliveries is not None and deliveries > self.max_deliveries:
+        if screened.reason is None and self.max_deliveries and deliveries > self.max_deliveries:
             # Run alone on each delivery after its first, its workers died with it each time.
             reason = (
                 f"delivered {deliveries} times; its worker died each time it ran, "
                 f"{deliveries - 2} of them alone (max_deliveries={self.max_deliveries})"
             )
-            run_id = screened.run.run_id if screened.run is not None else "-"
-            logger.error(
-                "run %s, %s, is now a dead letter: %s", bounded(run_id, 100), describe(data), reason
-            )
             return reason, screened.run
-        return None, screened.run
+        return screened.reason, screened.run
 
     def ack(self, message: AckableMessage, done: asyncio.Event) -> Awaitable[None] | None:
         self._running -= 1
