@@ -357,6 +357,30 @@ async def test_a_run_made_too_large_at_run_time_fails_its_request_naming_route_a
 
 
 @pytest.mark.anyio
+async def test_a_failed_requests_run_too_large_runs_here_saying_why(
+    task_log: list[logging.LogRecord],
+) -> None:
+    """A failed request's run is not checked before its error response: the message is
+    measured as it is made, and the run, too large to send, runs in this process."""
+
+    @post("/fails-big")
+    async def fails_big(tasks: BackgroundTasks) -> None:
+        tasks.add_task(queue_app.always, "x" * 2_000_000)
+        raise RuntimeError("the handler failed")
+
+    app = App(routes=[fails_big], task_backend=_memory_backend(), queue_tasks=[queue_app.always])
+    queue_app.ran.clear()
+    async with TestClient(app) as http:
+        with pytest.raises(RuntimeError, match="the handler failed"):
+            await http.post("/fails-big")
+    assert [name for name, _ in queue_app.ran] == ["x" * 2_000_000]  # lost: nothing
+    [error] = [r for r in task_log if r.levelno >= logging.ERROR]
+    assert "POST /fails-big [request " in error.getMessage()
+    assert "its message takes 2000" in error.getMessage()
+    assert error.getMessage().endswith("; it runs here")
+
+
+@pytest.mark.anyio
 async def test_an_argument_json_cannot_carry_is_one_error_naming_task_argument_and_route(
     task_log: list[logging.LogRecord],
 ) -> None:

@@ -44,11 +44,11 @@ _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to chec
 MAX_MESSAGE_SIZE = 1024 * 1024  # bytes: far above a run of a few tasks, far below any broker's
 
 
-def _too_large(where: str, size: int, limit: int) -> str:
+def _too_large(size: int, limit: int) -> str:
     return (
-        f"{where}: the run cannot be sent to a queue: its message takes {size} bytes, above "
-        f"the limit of {limit} (TaskiqBackend(max_message_size=...)); pass a reference to "
-        "large data (an id, a URL) rather than the data"
+        f"the run cannot be sent to a queue: its message takes {size} bytes, above the limit "
+        f"of {limit} (TaskiqBackend(max_message_size=...)); pass a reference to large data "
+        "(an id, a URL) rather than the data"
     )
 
 
@@ -66,7 +66,7 @@ class SizedFormatter(TaskiqFormatter):
     def dumps(self, message: TaskiqMessage) -> BrokerMessage:
         dumped = self.formatter.dumps(message)
         if len(dumped.message) > self.limit:
-            raise MessageTooLarge(_too_large("a run", len(dumped.message), self.limit))
+            raise MessageTooLarge(_too_large(len(dumped.message), self.limit))
         return dumped
 
     def loads(self, message: bytes) -> TaskiqMessage:
@@ -179,7 +179,7 @@ class TaskiqBackend:
         # Measured as JSON, a little under the message it makes: the formatter measures that.
         size = len(message.__pydantic_serializer__.to_json(message))
         if size > self.max_message_size:
-            raise TypeError(_too_large(where, size, self.max_message_size))
+            raise TypeError(f"{where}: {_too_large(size, self.max_message_size)}")
 
     def _encode(self, steps: Steps, run: Run, where: str) -> RunMessage:
         assert self._registry is not None, "attached by App"
@@ -257,6 +257,11 @@ class TaskiqBackend:
                 logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
             return False
         except Exception as error:
+            if isinstance(error.__cause__, MessageTooLarge):  # as taskiq's kicker wraps it
+                logger.error(
+                    "the run of %s cannot be sent (%s); it runs here", where, error.__cause__
+                )
+                return False
             logger.warning(
                 "the run of %s could not be sent to the broker (%r)%s",
                 *(where, error, "" if self.strict else "; it runs in this process instead"),
