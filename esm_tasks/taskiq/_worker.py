@@ -160,10 +160,15 @@ class _Grace:
             other = await anext(source)
             assert isinstance(other, AckableMessage), "a pausable broker's own kind"
             more = getattr(other, "deliveries", 1)
-            if (await self._bury(other, more))[0]:
+            buried, other_run = await self._bury(other, more)
+            if buried:
                 continue
             if more > 1:
                 await pausable.hand_back(other, more)
+                logger.info(
+                    "%s, delivered %d times, goes back to the queue uncounted to wait its turn",
+                    *(named(other_run), more),
+                )
             else:
                 yield self._track(other)[0]
         await self._idle.wait()
