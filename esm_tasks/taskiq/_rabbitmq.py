@@ -16,6 +16,7 @@ from taskiq_aio_pika.exceptions import NoStartupError
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
 
+from .._events import logger
 from .._text import bounded
 from ._dead_letters import DeadLetter, Delivery
 
@@ -81,7 +82,10 @@ class QueueBroker(AioPikaBroker):
         """Stop deliveries. What RabbitMQ sent before stays in `buffered` for the worker."""
         tag, self._tag = self._tag, None
         if tag is not None and self._consumed is not None:
-            await self._consumed.cancel(tag)
+            try:
+                await self._consumed.cancel(tag)
+            except Exception as error:  # the channel went, and its consumer and deliveries
+                logger.warning("pausing the consumer failed (%r); its channel is gone", error)
 
     async def resume(self) -> None:
         if self._tag is None and self._consumed is not None:
