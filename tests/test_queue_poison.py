@@ -194,6 +194,22 @@ def test_no_message_kills_a_worker_and_each_is_a_dead_letter_listed_in_one_line(
     assert [line[0] for line in lines(environment, 1, deadline=0)] == ["added"]  # ran once
 
 
+def test_a_stream_entry_without_a_message_is_a_dead_letter_and_the_worker_goes_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Redis: an entry another client added with fields of its own. Lost: nothing (kept as a
+    dead letter, with no body). Ran twice: nothing."""
+    environment, app = _app_on("redis", monkeypatch, tmp_path)
+    log = tmp_path / "worker.log"
+    with redis.Redis(host="127.0.0.1", port=6379) as client:
+        client.xadd(environment["ESM_TASKS_TEST_QUEUE"], {"other": "field"})
+    with logged_worker(environment, log) as process, serve(app, lifespan="on") as url:
+        _until(lambda: len(_reasons()) == 1, "no dead letter")
+        assert httpx.post(f"{url}/work/after").status_code == 201
+        assert lines(environment, 1) == [["added", "after", str(process.pid)]]
+    assert _reasons()[0].startswith("not a taskiq message (")
+
+
 @pytest.mark.parametrize("broker", sorted(BROKERS))
 def test_a_run_that_kills_its_worker_is_dead_lettered_and_the_runs_beside_it_are_not(
     broker: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path

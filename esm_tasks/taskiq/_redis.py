@@ -135,7 +135,7 @@ class StreamBroker(AsyncBroker):
                     raise entry  # Redis failed: the worker's receiver says so
                 entry_id, fields = entry
                 yield Delivery(
-                    data=fields[b"data"],
+                    data=fields.get(b"data", b""),  # an entry another client wrote: screened
                     ack=functools.partial(self._ack, entry_id),
                     deliveries=self._deliveries.pop(entry_id, 1),
                 )
@@ -220,7 +220,7 @@ class StreamBroker(AsyncBroker):
             if delivered > 2 * self.max_deliveries:  # a backstop: workers decide before
                 reason = f"delivered {delivered - 1} times; its worker died each time"
                 logger.error("a run is now a dead letter: %s", reason)
-                await self.dead_letter(fields[b"data"], reason)
+                await self.dead_letter(fields.get(b"data", b""), reason)
                 await self._ack(entry_id)
             else:
                 self._deliveries[entry_id] = delivered
