@@ -131,7 +131,8 @@ class App(Lilya):
             declared = [*layer, *_declared_on(self.routes)]
             functions = [(func, where) for step, where in declared for func in _functions(step)]
             registered = [(func, "App(queue_tasks=...)") for func in queue_tasks]
-            task_backend.attach(self.task_settings, [*functions, *registered])
+            tasks = [step for step, _ in declared]  # their policies: the most a message asks
+            task_backend.attach(self.task_settings, [*functions, *registered], tasks)
             for step, where in declared:
                 task_backend.check([step], where)
         elif queue_tasks:

@@ -18,6 +18,8 @@ from ._execution import abandon, make_current, run_in_order, run_steps, task_in
 from ._run import Run, Settings
 
 if TYPE_CHECKING:
+    from lilya.background import Task
+
     from ._lifecycle import Tracker
 
 Steps: TypeAlias = Sequence[Callable[[], Awaitable[None]]]
@@ -44,10 +46,13 @@ class QueueBackend(Destination, Protocol):
     """A destination on a broker, which an App serves (`App(task_backend=...)`)."""
 
     def attach(
-        self, settings: Settings, functions: Iterable[tuple[Callable[..., Any], str]]
+        self,
+        settings: Settings,
+        functions: Iterable[tuple[Callable[..., Any], str]],
+        declared: Iterable[Task] = (),
     ) -> None:
         """Serve the app with these settings; a message may name only these functions, each
-        given with where it is declared."""
+        given with where it is declared, with no wider policy than `declared` tasks have."""
 
     strict: bool
     """Send before the response starts, and answer 503 if that fails: a 2xx then means the

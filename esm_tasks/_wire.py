@@ -25,6 +25,7 @@ from ._depends import evaluate
 from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, TaskPolicy
 from ._run import Run, Settings
 from ._tasks import BackgroundTask, BackgroundTasks, task_name
+from ._text import bounded
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -123,7 +124,10 @@ def import_path(func: object, where: str) -> str:
     elif "<locals>" in func.__qualname__:
         reason = "defined inside another function; define it at module level"
     elif func.__module__ in ("__main__", "__mp_main__"):
-        reason = "defined in __main__, which a worker imports as its own"
+        reason = (
+            "defined in __main__ (the script being run), which a worker cannot import; "
+            "move it into an importable module and import it from there"
+        )
     else:
         return f"{func.__module__}:{func.__qualname__}"
     raise TypeError(f"{where}: task {name} cannot be sent to a queue: it is {reason}")
@@ -179,10 +183,11 @@ def _step(step: Task, run: Run, where: str) -> Step:
     try:
         args = to_jsonable_python(step.args)
         kwargs = to_jsonable_python(step.kwargs)
-    except (PydanticSerializationError, ValueError) as error:  # ValueError: bytes not UTF-8
+    except (PydanticSerializationError, ValueError):  # ValueError: bytes not UTF-8
+        name, error = _unsendable(step)
         raise TypeError(
-            f"{where}: task {step.name} cannot be sent to a queue: an argument is not one JSON "
-            f"can carry ({error})"
+            f"{where}: task {step.name} cannot be sent to a queue: its argument {name} is not "
+            f"one JSON can carry ({error})"
         ) from None
     own = getattr(step.func, POLICY_ATTRIBUTE, DEFAULT_POLICY)
     return TaskCall(
@@ -194,16 +199,37 @@ def _step(step: Task, run: Run, where: str) -> Step:
     )
 
 
+def _unsendable(task: BackgroundTask) -> tuple[str, str]:
+    """The first argument of `task` that JSON cannot carry, by its parameter's name, and why."""
+    try:
+        named = inspect.signature(task.func).bind(*task.args, **task.kwargs).arguments
+    except (TypeError, ValueError):
+        named = {**{f"#{i}": value for i, value in enumerate(task.args)}, **task.kwargs}
+    for name, value in named.items():
+        try:
+            to_jsonable_python(value)
+        except (PydanticSerializationError, ValueError) as error:
+            return repr(name), str(error)
+    return "?", "it does not serialise"
+
+
 class Refused(Exception):
     """A message that cannot run: it names what the app does not declare, or does not fit."""
 
 
 class Registry:
-    """The functions a worker may run: those its app declares, and those it registers."""
+    """The functions a worker may run: those its app declares, and those it registers; and
+    for each, the most a message may ask of its policy: what the app declares for it."""
 
-    def __init__(self, functions: Iterable[tuple[Callable[..., Any], str]]) -> None:
-        """`functions`: each with where it is declared, for errors."""
+    def __init__(
+        self,
+        functions: Iterable[tuple[Callable[..., Any], str]],
+        declared: Iterable[Task] = (),
+    ) -> None:
+        """`functions`: each with where it is declared, for errors; `declared`: the tasks
+        the app declares, whose policies a message may ask for too."""
         self.functions: dict[str, Callable[..., Any]] = {}
+        self.caps: dict[str, TaskPolicy] = {}
         for func, where in functions:
             path = import_path(func, where)
             try:
@@ -216,14 +242,39 @@ class Registry:
                     "not import as this function; define it at module level under its own name"
                 )
             self.functions[path] = func
+            self.caps[path] = getattr(func, POLICY_ATTRIBUTE, DEFAULT_POLICY)
+        for task in _declared_tasks(declared):
+            path = f"{task.func.__module__}:{task.func.__qualname__}"
+            if path in self.caps:
+                self.caps[path] = _widest(self.caps[path], task.policy)
 
     def check(self, message: RunMessage, where: str) -> None:
-        """Raise TypeError unless every function the message names may run on a worker."""
+        """Raise TypeError unless every function the message names may run on a worker,
+        under the policy it asks for."""
         for call in _calls(message.steps):
             if call.function not in self.functions:
                 raise TypeError(
                     f"{where}: task {call.function} is neither declared on a route nor "
                     "registered with App(queue_tasks=[...]), so a worker would refuse it"
+                )
+        try:
+            self.screen(message)
+        except Refused as refusal:
+            raise TypeError(f"{where}: {refusal}") from None
+
+    def screen(self, message: RunMessage) -> None:
+        """Raise Refused unless every function the message names may run, with a policy no
+        wider than what the app declares for it: a message chooses neither the code nor
+        how long, or how often, it may hold a worker."""
+        for call in _calls(message.steps):
+            cap = self.caps.get(call.function)
+            if cap is None:
+                raise Refused(f"the app neither declares nor registers {call.function}")
+            if call.policy is not None and _widest(cap, call.policy) != cap:
+                raise Refused(
+                    f"task {call.function} asks for a policy ({_terms(call.policy)}) beyond "
+                    f"what the app declares for it ({_terms(cap)}); declare it with "
+                    "@task_policy or with_policy on a route"
                 )
 
     def decode(self, message: RunMessage, sources: dict[int, str] | None = None) -> list[Task]:
@@ -252,6 +303,34 @@ class Registry:
         if sources is not None and step.source is not None:
             sources[id(task)] = step.source
         return task
+
+
+def _declared_tasks(steps: Iterable[Task]) -> Iterable[BackgroundTask]:
+    for step in steps:
+        if isinstance(step, BackgroundTasks):
+            yield from _declared_tasks(step.members())
+        elif isinstance(step, BackgroundTask):
+            yield step
+
+
+def _widest(one: TaskPolicy, other: TaskPolicy) -> TaskPolicy:
+    """The most of both: attempts, backoff and timeout (no timeout is the longest)."""
+    timeout = (
+        None if one.timeout is None or other.timeout is None else max(one.timeout, other.timeout)
+    )
+    return one.model_copy(
+        update={
+            "retries": max(one.retries, other.retries),
+            "backoff": max(one.backoff, other.backoff),
+            "timeout": timeout,
+            "when": one.when,  # not a cap: the request's outcome decides, not the message
+        }
+    )
+
+
+def _terms(policy: TaskPolicy) -> str:
+    timeout = "none" if policy.timeout is None else f"{policy.timeout:g} s"
+    return f"retries {policy.retries}, backoff {policy.backoff:g} s, timeout {timeout}"
 
 
 def _calls(steps: Iterable[Step]) -> Iterable[TaskCall]:
@@ -311,8 +390,13 @@ async def _fail(error: Exception) -> None:
 
 def run_of(message: RunMessage, settings: Settings) -> Run:
     """The `Run` a worker runs a message's steps under: the request's method, path and id."""
-    headers = [(b"x-request-id", message.request_id.encode("latin-1"))]
-    scope = {"method": message.method, "path": message.path, "headers": headers}
+    # Escaped: whatever a message holds, its log lines stay one line each.
+    request_id = bounded(message.request_id, 200).encode("latin-1", "backslashreplace")
+    scope = {
+        "method": bounded(message.method, 20),
+        "path": bounded(message.path, 400),
+        "headers": [(b"x-request-id", request_id)],
+    }
     run = Run(scope, settings, message.failed)
     run.run_id = message.run_id
     run.next_step = message.first_step

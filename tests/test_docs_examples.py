@@ -447,3 +447,17 @@ async def test_response_background() -> None:
     async with TestClient(module.app) as http:
         assert (await http.post("/orders/7")).json() == {"order": 7}
     assert module.sent == ["stock updated for order 7", "receipt and survey for order 7"]
+
+
+async def test_dead_letters() -> None:
+    """The limits a worker holds messages to: the size, and each function's policy caps."""
+    from esm_tasks.taskiq import TaskiqBackend
+
+    module = example("dead_letters")
+    backend = module.app.task_settings.backend
+    assert isinstance(backend, TaskiqBackend)
+    assert backend.max_message_size == 256 * 1024
+    assert backend._registry is not None
+    caps = backend._registry.caps
+    assert caps["docs_src.dead_letters:charge"].retries == 2  # its own @task_policy
+    assert caps["docs_src.dead_letters:export"].retries == 5  # widened where it is declared

@@ -14,15 +14,18 @@ import anyio
 from lilya.background import Task
 from pydantic import ValidationError
 from taskiq import AsyncBroker
-from taskiq.message import TaskiqMessage
+from taskiq.abc.formatter import TaskiqFormatter
+from taskiq.message import BrokerMessage, TaskiqMessage
 
 from .._dispatch import IN_REQUEST, Delivery, Steps
 from .._events import logger
 from .._execution import run_steps
 from .._instruments import dead_lettered
 from .._run import Run, Settings
+from .._text import bounded
 from .._wire import Refused, Registry, RunMessage, encode, run_of
 from ._dead_letters import KeepsDeadLetters
+from ._screening import named, summary
 
 TASK_NAME = "esm_tasks.run"
 
@@ -39,6 +42,37 @@ else:
 
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
 
+MAX_MESSAGE_SIZE = 1024 * 1024  # bytes: far above a run of a few tasks, far below any broker's
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"the run cannot be sent to a queue: its message takes {size} bytes, above the limit "
+        f"of {limit} (TaskiqBackend(max_message_size=...)); pass a reference to large data "
+        "(an id, a URL) rather than the data"
+    )
+
+
+class MessageTooLarge(TypeError):
+    """A run whose message is larger than the backend's `max_message_size`."""
+
+
+class SizedFormatter(TaskiqFormatter):
+    """The broker's own formatter, which refuses to make a message larger than `limit`."""
+
+    def __init__(self, formatter: TaskiqFormatter, limit: int) -> None:
+        self.formatter = formatter
+        self.limit = limit
+
+    def dumps(self, message: TaskiqMessage) -> BrokerMessage:
+        dumped = self.formatter.dumps(message)
+        if len(dumped.message) > self.limit:
+            raise MessageTooLarge(_too_large(len(dumped.message), self.limit))
+        return dumped
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        return self.formatter.loads(message)
+
 
 class TaskiqBackend:
     """Sends each request's run, as one message, to a taskiq broker; workers run it.
@@ -51,6 +85,9 @@ class TaskiqBackend:
     :param send_before_response: send each run before its response is complete (the
         default), so that a crash of this process once a client has its answer loses no run;
         False sends after the response, which a crash in between loses.
+    :param max_message_size: bytes a run's message may take: a larger run is a TypeError
+        where it is declared or added, and a larger message a worker receives is a dead
+        letter, refused before it is decoded.
     """
 
     def __init__(
@@ -60,6 +97,7 @@ class TaskiqBackend:
         send_timeout: float = 2.0,
         strict: bool = False,
         send_before_response: bool = True,
+        max_message_size: int = MAX_MESSAGE_SIZE,
     ) -> None:
         if not isinstance(broker, AsyncBroker):
             raise TypeError(f"TaskiqBackend takes a taskiq broker, got {broker!r}")
@@ -70,13 +108,26 @@ class TaskiqBackend:
                 "TaskiqBackend(strict=True) sends before the response, to answer 503 when the "
                 "broker does not take a run; it cannot take send_before_response=False"
             )
+        if not isinstance(max_message_size, int) or max_message_size < 1024:
+            raise ValueError(
+                "TaskiqBackend(max_message_size=...) takes bytes, 1024 or more, "
+                f"got {max_message_size!r}"
+            )
+        self.max_message_size = max_message_size
+        # Every message is measured as it is made, where its bytes exist anyway.
+        broker.formatter = SizedFormatter(broker.formatter, max_message_size)
         self.broker = broker
         self.send_timeout = send_timeout
         self.strict = strict
         self.send_before_response = send_before_response
 
         async def run(message: dict[str, Any]) -> None:  # taskiq registers functions only
-            await self._execute(message)
+            try:
+                await self._execute(message)
+            except asyncio.CancelledError:
+                if self.cut_short:
+                    return  # past the shutdown timeout: its tasks said so, as abandoned
+                raise
 
         self._task = broker.register_task(run, task_name=TASK_NAME)
         # Set by a worker past its shutdown timeout: runs still going send nothing on, as
@@ -123,17 +174,25 @@ class TaskiqBackend:
         return cls(broker, **options)
 
     def attach(
-        self, settings: Settings, functions: Iterable[tuple[Callable[..., Any], str]]
+        self,
+        settings: Settings,
+        functions: Iterable[tuple[Callable[..., Any], str]],
+        declared: Iterable[Task] = (),
     ) -> None:
         """Serve one app: its settings, and the functions a message may name, each with where
-        it is declared (checked now: one no worker could import is a TypeError here)."""
+        it is declared (checked now: one no worker could import is a TypeError here);
+        `declared`: the app's declared tasks, whose policies a message may ask for."""
         if self._settings is not None and self._settings is not settings:
             raise ValueError("a TaskiqBackend serves one App; give each App its own")
-        self._registry = Registry(functions)
+        self._registry = Registry(functions, declared)
         self._settings = settings
 
     def check(self, steps: Steps, where: str) -> None:
-        self._encode(steps, _CHECKING, where)
+        message = self._encode(steps, _CHECKING, where)
+        # Measured as JSON, a little under the message it makes: the formatter measures that.
+        size = len(message.__pydantic_serializer__.to_json(message))
+        if size > self.max_message_size:
+            raise TypeError(f"{where}: {_too_large(size, self.max_message_size)}")
 
     def _encode(self, steps: Steps, run: Run, where: str) -> RunMessage:
         assert self._registry is not None, "attached by App"
@@ -165,6 +224,7 @@ class TaskiqBackend:
     async def _refuse(self, data: dict[str, Any], reason: str, where: str) -> None:
         """Keep a message this worker will not run as a dead letter, as the broker carried it,
         so that requeueing sends it as it came; without a dead-letter place, fail it."""
+        reason, where = bounded(reason), bounded(where, 400)
         if not isinstance(self.broker, KeepsDeadLetters):
             logger.error("refused a run of %s: %s", where, reason)
             raise Refused(reason)
@@ -206,10 +266,17 @@ class TaskiqBackend:
             written = True
             async with _within(self.send_timeout):
                 await self._task.kiq(message.wire())
-        except TypeError:  # checked when the handler returned; a failed request's run was not
-            logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
+        except TypeError as error:  # checked when the handler returned; a failed request's
+            # run was not. If this error is what failed the request, it was told once already.
+            if not (isinstance(run.error, TypeError) and run.error.args == error.args):
+                logger.exception("the run of %s cannot be sent to the broker; it runs here", where)
             return Delivery.NOT_DELIVERED
         except Exception as error:
+            if isinstance(error.__cause__, MessageTooLarge):  # as taskiq's kicker wraps it
+                logger.error(
+                    "the run of %s cannot be sent (%s); it runs here", where, error.__cause__
+                )
+                return Delivery.NOT_DELIVERED
             delivery = Delivery.NOT_DELIVERED
             if written and not _unsent(self.broker, error):
                 delivery = Delivery.MAY_BE_DELIVERED
@@ -232,16 +299,16 @@ class TaskiqBackend:
         assert self._settings is not None, "attached by App"
         # What each log line names the run by, read from the data: a run that does not
         # validate is named too.
-        method, path = data.get("method", "-"), data.get("path", "-")
-        where = f"{method} {path} [request {data.get('request_id', '-')}]"
+        where = named(data)
         try:
             message = RunMessage.model_validate(data)
         except ValidationError as error:
-            reason = f"not a run this version of esm_tasks reads ({error})"
+            reason = f"not a run this version of esm_tasks reads ({summary(error)})"
             await self._refuse(data, reason, where)
             return
         sources: dict[int, str] | None = {} if self._settings.instruments else None
         try:
+            self._registry.screen(message)  # a worker screened it already; a test may not have
             steps: list[Task] = self._registry.decode(message, sources)
         except Refused as refusal:
             await self._refuse(data, str(refusal), where)

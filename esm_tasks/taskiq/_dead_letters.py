@@ -1,16 +1,29 @@
 """Dead letters: runs that cannot run, kept whole so that they can be run again.
 
-A run lands here when the app refuses its message (it names a function the app neither
-declares nor registers: a forged message, or one sent before a deploy removed the function)
-or when it has been delivered too many times (it killed its worker each time).
+A message lands here when a worker refuses it (too large, not one esm_tasks reads, naming a
+function the app neither declares nor registers, asking for a wider policy than the app
+declares: a forged message, or one sent before a deploy changed the app) or when it has been
+delivered too many times (it killed its worker each time it ran alone).
 `esm-tasks dead-letters MODULE:APP` lists them; `--requeue` sends them back to the queue.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from taskiq import AckableMessage
+
+from .._text import bounded
+from ._screening import describe as what
+
+
+class Delivery(AckableMessage):
+    """A message as esm_tasks' brokers hand it to a worker: with how many times the broker
+    has delivered it, this time included, for the worker to quarantine a redelivered run and
+    to dead-letter one that keeps killing its workers."""
+
+    deliveries: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,18 +70,6 @@ async def dead_letters(app: Any, *, requeue: bool = False) -> list[DeadLetter]:
 
 
 def describe(letter: DeadLetter) -> str:
-    """One line for a dead letter: its id, its request, its tasks, and why it is here."""
-    try:
-        message = json.loads(letter.data)["args"][0]  # a taskiq message whose argument is the run
-        request = f"{message['method']} {message['path']} [request {message['request_id']}]"
-        tasks = ", ".join(_functions(message["steps"]))
-    except (ValueError, KeyError, TypeError, IndexError):
-        return f"{letter.id}  (not a run: {letter.data[:60]!r})  {letter.reason}"
-    return f"{letter.id}  {request}  {tasks}  -- {letter.reason}"
-
-
-def _functions(steps: list[Any]) -> list[str]:
-    names: list[str] = []
-    for step in steps:
-        names += _functions(step["steps"]) if step.get("kind") == "group" else [step["function"]]
-    return names
+    """One line for a dead letter, bounded and escaped whatever it holds: its id, its request,
+    its tasks, and why it is here. Only its first bytes are decoded (see `_screening`)."""
+    return f"{bounded(letter.id, 100)}  {what(letter.data)}  -- {bounded(letter.reason)}"

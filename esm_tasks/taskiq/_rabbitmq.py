@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncGenerator
 
 import aio_pika
 import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
+from taskiq import AckableMessage
+from taskiq.utils import maybe_awaitable
 from taskiq_aio_pika import AioPikaBroker
+from taskiq_aio_pika.exceptions import NoStartupError
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
 
-from ._dead_letters import DeadLetter
+from .._events import logger
+from .._text import bounded
+from ._dead_letters import DeadLetter, Delivery
 
 
 class QueueBroker(AioPikaBroker):
     """A quorum queue, its exchange, and `<queue>.dead` beside it.
 
-    RabbitMQ gives a dead consumer's unacknowledged messages to the next one at once. A message
-    delivered `max_deliveries` times (a run that keeps killing its worker) goes, by RabbitMQ
-    itself, to the dead-letter queue, as does one the worker refuses.
+    RabbitMQ gives a dead consumer's unacknowledged messages to the next one at once, with
+    how many times it delivered them; a worker quarantines a redelivered run and dead-letters
+    one delivered more than `max_deliveries` times (it killed its worker each time it ran
+    alone). RabbitMQ's own delivery limit, twice that, is a backstop.
     """
 
     def __init__(
@@ -27,30 +37,85 @@ class QueueBroker(AioPikaBroker):
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
         self.dead = f"{queue}.dead"
+        self.max_deliveries = max_deliveries
         super().__init__(
             url,
             # A worker holds no more than it runs: what a stopped worker held and never
             # started also counts as delivered.
             qos=prefetch,
             exchange=Exchange(name=queue),
-            # RabbitMQ's limit counts returns: delivered once, then returned up to the limit.
-            task_queues=[Queue(name=queue, arguments={"x-delivery-limit": max_deliveries - 1})],
+            # RabbitMQ's limit counts returns: the worker, which logs and counts what it
+            # dead-letters, decides first; RabbitMQ's limit only stops a run no worker could.
+            task_queues=[Queue(name=queue, arguments={"x-delivery-limit": 2 * max_deliveries})],
             # Classic: a quorum queue would count each listing as a delivery, and may drop.
             dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
             # Named, so that an operator sees whose connection is whose.
             client_properties={"connection_name": f"esm_tasks {queue}"},
         )
         self.queue = queue
+        self._consumed: AbstractQueue | None = None
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._tag: ConsumerTag | None = None
 
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""
         self._qos = runs
 
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """The queue's messages, each with how many times it was delivered. A consumer of
+        its own, rather than taskiq-aio-pika's, so that a worker can pause it (see
+        `pause`) without handing back, counted, what RabbitMQ had already sent it."""
+        if self.read_channel is None:
+            raise NoStartupError("Call startup before starting listening.")
+        await self.read_channel.set_qos(prefetch_count=self._qos)
+        self._consumed = await self.read_channel.get_queue(self.queue)
+        self._inbox = asyncio.Queue()
+        await self.resume()
+        try:
+            while True:
+                message = await self._inbox.get()
+                yield Delivery(data=message.body, ack=message.ack, deliveries=_deliveries(message))
+        finally:
+            with contextlib.suppress(Exception):  # the channel may be gone with the broker
+                await self.pause()
+
+    async def pause(self) -> None:
+        """Stop deliveries. What RabbitMQ sent before stays in `buffered` for the worker."""
+        tag, self._tag = self._tag, None
+        if tag is not None and self._consumed is not None:
+            try:
+                await self._consumed.cancel(tag)
+            except Exception as error:  # the channel went, and its consumer and deliveries
+                logger.warning("pausing the consumer failed (%r); its channel is gone", error)
+
+    async def resume(self) -> None:
+        if self._tag is None and self._consumed is not None:
+            self._tag = await self._consumed.consume(self._inbox.put)
+
+    def buffered(self) -> int:
+        """Messages RabbitMQ has sent and `listen` has not yet handed on."""
+        return self._inbox.qsize()
+
+    async def hand_back(self, message: AckableMessage, deliveries: int) -> None:
+        """Put a message this worker will not run now back on the queue, uncounted: sent
+        again with the deliveries it had before this one (which did not run), then
+        acknowledged. Lost: never; twice: only if the worker dies in between."""
+        await self._channel().default_exchange.publish(
+            aio_pika.Message(
+                message.data,
+                headers={_EARLIER: deliveries - 1},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=self.queue,
+        )
+        await maybe_awaitable(message.ack())
+
     async def dead_letter(self, data: bytes, reason: str) -> None:
         await self._channel().default_exchange.publish(
             aio_pika.Message(
                 data,
-                headers={"x-esm-tasks-reason": reason},
+                # Bounded: a header larger than a frame closes the connection.
+                headers={"x-esm-tasks-reason": bounded(reason)},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=self.dead,
@@ -63,8 +128,8 @@ class QueueBroker(AioPikaBroker):
         while (message := await queue.get(fail=False)) is not None:
             held.append(message)
             reason = message.headers.get("x-esm-tasks-reason")
-            if reason is None:  # dead-lettered by RabbitMQ: its delivery limit
-                reason = "delivered too many times (its worker died each time)"
+            if reason is None:  # dead-lettered by RabbitMQ: its delivery limit, a backstop
+                reason = "delivered too many times (RabbitMQ's delivery limit)"
             found.append(DeadLetter(str(message.delivery_tag), message.body, str(reason)))
         for message in held:
             await message.nack(requeue=True)
@@ -96,3 +161,17 @@ class QueueBroker(AioPikaBroker):
         if self.write_channel is None:
             raise RuntimeError("the broker is not started")
         return self.write_channel
+
+
+_EARLIER = "x-esm-tasks-deliveries"  # deliveries before a message was handed back
+
+
+def _deliveries(message: AbstractIncomingMessage) -> int:
+    """Deliveries so far, this one included: those before a hand-back, and RabbitMQ's count
+    of returns since (a quorum queue counts them in `x-delivery-count`)."""
+    counted = 1
+    for header in (_EARLIER, "x-delivery-count"):
+        value = (message.headers or {}).get(header)
+        if isinstance(value, int) and value > 0:
+            counted += value
+    return counted

@@ -10,8 +10,10 @@ broker closes them:
 - while a message is held, its worker claims it again every `claim_after / 3` seconds (a
   heartbeat), so a long run is never started twice while its worker lives;
 - acknowledging deletes the entry: the stream holds only what is still owed;
-- a message claimed `max_deliveries` times (a run that keeps killing its worker), or refused
-  by the app, goes to the stream `<stream>:dead`, never dropped.
+- each message reaches the worker with how many times it was delivered: the worker
+  quarantines a redelivered run and dead-letters one delivered more than `max_deliveries`
+  times; a message claimed twice that often (a backstop), or refused by the app, goes to the
+  stream `<stream>:dead`, never dropped.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from redis.exceptions import ResponseError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 
 from .._events import logger
-from ._dead_letters import DeadLetter
+from ._dead_letters import DeadLetter, Delivery
 
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
 
@@ -79,6 +81,7 @@ class StreamBroker(AsyncBroker):
         self._redis: Redis | None = None
         self._held: set[bytes] = set()  # ids read and not yet acknowledged
         self._owed: set[bytes] = set()  # of those, finished: their acknowledgement failed
+        self._deliveries: dict[bytes, int] = {}  # of those claimed, how often delivered
         self._beating: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._listening = False
@@ -136,8 +139,10 @@ class StreamBroker(AsyncBroker):
                 if isinstance(entry, Exception):
                     raise entry  # Redis failed: the worker's receiver says so
                 entry_id, fields = entry
-                yield AckableMessage(
-                    data=fields[b"data"], ack=functools.partial(self._ack, entry_id)
+                yield Delivery(
+                    data=fields.get(b"data", b""),  # an entry another client wrote: screened
+                    ack=functools.partial(self._ack, entry_id),
+                    deliveries=self._deliveries.pop(entry_id, 1),
                 )
         finally:
             self._listening = False
@@ -217,11 +222,13 @@ class StreamBroker(AsyncBroker):
             if not pending:  # its slow holder acknowledged it meanwhile
                 continue
             delivered = int(pending[0]["times_delivered"])
-            if delivered > self.max_deliveries:
+            if delivered > 2 * self.max_deliveries:  # a backstop: workers decide before
                 reason = f"delivered {delivered - 1} times; its worker died each time"
-                await self.dead_letter(fields[b"data"], reason)
+                logger.error("a run is now a dead letter: %s", reason)
+                await self.dead_letter(fields.get(b"data", b""), reason)
                 await self._ack(entry_id)
             else:
+                self._deliveries[entry_id] = delivered
                 claimed.append((entry_id, fields))
         return claimed
 
@@ -260,8 +267,12 @@ class StreamBroker(AsyncBroker):
 
     async def dead_letters(self) -> list[DeadLetter]:
         entries: Any = await self.redis.xrange(self.dead)
-        return [
-            DeadLetter(entry_id.decode(), fields[b"data"], fields[b"reason"].decode())
+        return [  # whatever another client wrote there: listed, not a reason to fail
+            DeadLetter(
+                entry_id.decode(),
+                fields.get(b"data", b""),
+                fields.get(b"reason", b"(no reason given)").decode("utf-8", "replace"),
+            )
             for entry_id, fields in entries
         ]
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncGenerator, Awaitable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
-from taskiq import AsyncBroker
 from taskiq.acks import AckableMessage, AcknowledgeType
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 
 from .._events import logger
 from .._instruments import Instrument, dead_lettered
+from .._text import bounded
+from .._wire import RunMessage
 from ._backend import TASK_NAME, TaskiqBackend
 from ._dead_letters import KeepsDeadLetters
+from ._screening import describe, named, screen
 
 
 class WorkerError(Exception):
@@ -54,7 +56,7 @@ async def work(
     serve_at_most = getattr(broker, "serve_at_most", None)
     if serve_at_most is not None:  # esm_tasks' RabbitMQ broker: prefetch no more than it runs
         serve_at_most(concurrency)
-    grace = _Grace(broker, getattr(settings, "instruments", ()))
+    grace = _Grace(backend, getattr(settings, "instruments", ()))
     receiver = Receiver(
         broker,
         max_async_tasks=concurrency,
@@ -106,49 +108,142 @@ def _innermost(error: BaseException) -> BaseException:
 
 
 class _Grace:
-    """Wraps the broker's `listen` so that no message is acknowledged once `over` is set."""
+    """Wraps the broker's `listen`: each message is screened before taskiq sees it (what
+    cannot run becomes a dead letter), a redelivered run runs alone (quarantined), and no
+    message is acknowledged once `over` is set."""
 
-    def __init__(self, broker: AsyncBroker, instruments: tuple[Instrument, ...] = ()) -> None:
-        self.broker = broker
+    def __init__(self, backend: TaskiqBackend, instruments: tuple[Instrument, ...] = ()) -> None:
+        self.backend = backend
+        self.broker = backend.broker
         self.instruments = instruments
         self.over = False
-        self._listen = broker.listen
-        broker.listen = self.listen  # type: ignore[method-assign]
+        # The worker's own limit; the broker's, if it has one, is higher: a backstop.
+        self.max_deliveries: int | None = getattr(self.broker, "max_deliveries", None)
+        self._running = 0  # messages handed to taskiq and not yet acknowledged
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._listen = self.broker.listen
+        self.broker.listen = self.listen  # type: ignore[method-assign]
 
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
-        async for message in self._listen():
-            if isinstance(message, AckableMessage):
-                reason = _unrunnable(self.broker, message.data)
-                if reason is not None and isinstance(self.broker, KeepsDeadLetters):
-                    # taskiq would log it and acknowledge it: kept instead, never dropped.
-                    await self.broker.dead_letter(message.data, reason)
-                    logger.error("a message that cannot run is now a dead letter: %s", reason)
-                    dead_lettered(self.instruments)
-                    await maybe_awaitable(message.ack())
-                    continue
-                message = AckableMessage(
-                    data=message.data, ack=functools.partial(self.ack, message)
-                )
-            yield message
+        source = self._listen()
+        async for message in source:
+            if not isinstance(message, AckableMessage):
+                yield message
+                continue
+            deliveries = getattr(message, "deliveries", 1)
+            buried, run = await self._bury(message, deliveries)
+            if buried:
+                continue
+            if deliveries == 1:
+                yield self._track(message)[0]
+                continue
+            async for admitted in self._alone(message, deliveries, run, source):
+                yield admitted
 
-    def ack(self, message: AckableMessage) -> Awaitable[None] | None:
+    async def _alone(
+        self,
+        message: AckableMessage,
+        deliveries: int,
+        run: RunMessage | None,
+        source: AsyncGenerator[bytes | AckableMessage, None],
+    ) -> AsyncGenerator[bytes | AckableMessage, None]:
+        """Run a redelivered message alone (quarantined). Its worker stopped while it held
+        it: perhaps it killed it, perhaps it only shared it with a run that did. Alone, a
+        next death is charged to it only: nothing else runs, and nothing else is held."""
+        pausable = self.broker if isinstance(self.broker, _Pausable) else None
+        if pausable is not None:
+            await pausable.pause()  # RabbitMQ: no more deliveries until it ends
+        # What the broker sent before it paused: new runs run first; other redelivered ones
+        # go back uncounted, each to be quarantined in its turn.
+        while pausable is not None and pausable.buffered():
+            other = await anext(source)
+            assert isinstance(other, AckableMessage), "a pausable broker's own kind"
+            more = getattr(other, "deliveries", 1)
+            buried, other_run = await self._bury(other, more)
+            if buried:
+                continue
+            if more > 1:
+                await pausable.hand_back(other, more)
+                logger.info(
+                    "%s, delivered %d times, goes back to the queue uncounted to wait its turn",
+                    *(named(other_run), more),
+                )
+            else:
+                yield self._track(other)[0]
+        await self._idle.wait()
+        logger.warning(
+            "%s was delivered %d times: it runs alone on this worker (quarantined)",
+            *(named(run), deliveries),
+        )
+        admitted, done = self._track(message)
+        yield admitted
+        await done.wait()  # nothing else starts on this worker until it ends
+        if pausable is not None:  # (a worker that stops does not: its listen ends)
+            await pausable.resume()
+
+    def _track(self, message: AckableMessage) -> tuple[AckableMessage, asyncio.Event]:
+        """The message as taskiq gets it, counted as running until it is acknowledged."""
+        done = asyncio.Event()
+        self._running += 1
+        self._idle.clear()
+        return AckableMessage(
+            data=message.data, ack=functools.partial(self.ack, message, done)
+        ), done
+
+    async def _bury(
+        self, message: AckableMessage, deliveries: int
+    ) -> tuple[bool, RunMessage | None]:
+        """Dead-letter a message that will not run here; whether it did, and its run."""
+        reason, run = self._screen(message.data, deliveries)
+        if reason is None:
+            return False, run
+        # What the message is, read from no more than its first bytes, escaped.
+        what = f"run {bounded(run.run_id, 100)}, {describe(message.data)}" if run else "a message"
+        if isinstance(self.broker, KeepsDeadLetters):
+            # taskiq would log it and acknowledge it: kept instead, never dropped.
+            await self.broker.dead_letter(message.data, reason)
+            logger.error("%s, is now a dead letter: %s", what, reason)
+            dead_lettered(self.instruments)
+        else:
+            logger.error("%s, is dropped (this broker keeps no dead letters): %s", what, reason)
+        await maybe_awaitable(message.ack())
+        return True, run
+
+    def _screen(self, data: bytes, deliveries: int) -> tuple[str | None, RunMessage | None]:
+        """Why a message will not run here, or None; and its run, if it decoded."""
+        registry = self.backend._registry
+        assert registry is not None, "attached by App"
+        screened = screen(
+            data, self.broker.formatter, registry, self.backend.max_message_size, TASK_NAME
+        )
+        if screened.reason is None and self.max_deliveries and deliveries > self.max_deliveries:
+            # Run alone on each delivery after its first, its workers died with it each time.
+            reason = (
+                f"delivered {deliveries} times; its worker died each time it ran, "
+                f"{deliveries - 2} of them alone (max_deliveries={self.max_deliveries})"
+            )
+            return reason, screened.run
+        return screened.reason, screened.run
+
+    def ack(self, message: AckableMessage, done: asyncio.Event) -> Awaitable[None] | None:
+        self._running -= 1
+        if not self._running:
+            self._idle.set()
+        done.set()
         if self.over:
             return None
         return message.ack()
 
 
-def _unrunnable(broker: AsyncBroker, data: bytes) -> str | None:
-    """Why a message is not one taskiq can hand to this worker's run function, or None.
+@runtime_checkable
+class _Pausable(Protocol):
+    """A broker that sends a worker messages ahead of what it runs (RabbitMQ's prefetch)."""
 
-    taskiq would log and acknowledge such a message; whether the run itself is one this
-    version reads is checked once, where it runs (`TaskiqBackend._execute`).
-    """
-    try:
-        message = broker.formatter.loads(data)
-    except Exception as error:
-        return f"not a taskiq message ({error!r})"
-    if message.task_name != TASK_NAME:
-        return f"it names the task {message.task_name!r}, not {TASK_NAME!r}"
-    if len(message.args) != 1 or not isinstance(message.args[0], dict) or message.kwargs:
-        return "not a run this version of esm_tasks reads (its arguments are not one run)"
-    return None
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    async def hand_back(self, message: AckableMessage, deliveries: int) -> None: ...
