@@ -1,6 +1,6 @@
 """The `esm-tasks` command. Thin: it parses arguments and calls what tests call too.
 
-esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S]
+esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S] [--start-timeout S]
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=30.0,
         help="seconds the runs under way get to finish on SIGTERM (30)",
     )
+    worker.add_argument(
+        "--start-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a broker out of reach at start, then exit 2 (wait for good)",
+    )
     dead = commands.add_parser("dead-letters", help="list the runs that could not run")
     dead.add_argument("app", help="the app, as MODULE:ATTRIBUTE")
     dead.add_argument("--requeue", action="store_true", help="send them back to the queue")
@@ -39,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency takes a whole number of at least 1")
     if arguments.shutdown_timeout < 0:
         parser.error("--shutdown-timeout takes seconds, 0 or more")
+    if arguments.start_timeout is not None and arguments.start_timeout < 0:
+        parser.error("--start-timeout takes seconds, 0 or more")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(message)s")
     try:
@@ -52,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esm-tasks worker: cannot load {arguments.app}: {error}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_work(app, arguments.concurrency, arguments.shutdown_timeout))
+        asyncio.run(
+            _work(app, arguments.concurrency, arguments.shutdown_timeout, arguments.start_timeout)
+        )
     except WorkerError as error:
         print(f"esm-tasks worker: {arguments.app}: {error}", file=sys.stderr)
         return 2
@@ -89,7 +99,9 @@ def load(target: str) -> Any:
     return value
 
 
-async def _work(app: Any, concurrency: int, shutdown_timeout: float) -> None:
+async def _work(
+    app: Any, concurrency: int, shutdown_timeout: float, start_timeout: float | None
+) -> None:
     from .taskiq._worker import work
 
     stop = anyio.Event()
@@ -97,4 +109,10 @@ async def _work(app: Any, concurrency: int, shutdown_timeout: float) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         # The loop's own handler: it wakes the loop, idle or not, on every Python.
         loop.add_signal_handler(number, stop.set)
-    await work(app, concurrency=concurrency, shutdown_timeout=shutdown_timeout, stop=stop)
+    await work(
+        app,
+        concurrency=concurrency,
+        shutdown_timeout=shutdown_timeout,
+        start_timeout=start_timeout,
+        stop=stop,
+    )

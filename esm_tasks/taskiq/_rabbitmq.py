@@ -3,13 +3,58 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
+from typing import Any
 
 import aio_pika
+import aiormq.exceptions
+from aio_pika import RobustConnection
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
 
 from ._dead_letters import DeadLetter
+from ._outage import Outage, hidden
+
+# RabbitMQ answers, and waiting will not change its answer: bad credentials, a virtual host
+# the user may not use, a queue declared otherwise than this version declares it.
+_FOR_GOOD = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.IncompatibleProtocolError,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelPreconditionFailed,
+)
+
+
+def refused_for_good(error: BaseException) -> bool:
+    return isinstance(error, _FOR_GOOD)
+
+
+class _OneLinePerOutage(logging.Filter):
+    """aio-pika's robust connection logs every attempt to reconnect (each 5 s) and that it
+    will try again; the broker's outage is said once, by esm_tasks, instead. A worker that
+    stops closes its connections, so that no such line follows its last."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING or "Reconnecting after" not in str(record.msg)
+
+
+_QUIET = _OneLinePerOutage()
+
+
+def _tracked(into: list[RobustConnection]) -> type[RobustConnection]:
+    """aio-pika's robust connection, each one kept in `into` as soon as it is made: one whose
+    first attempt timed out goes on trying in the background, and must be closed."""
+
+    class Tracked(RobustConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            into.append(self)
+
+    return Tracked
 
 
 class QueueBroker(AioPikaBroker):
@@ -26,6 +71,8 @@ class QueueBroker(AioPikaBroker):
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
         self.dead = f"{queue}.dead"
+        self._connections: list[RobustConnection] = []  # every one made, to close them all
+        self._closing = False
         super().__init__(
             url,
             # A worker holds no more than it runs: what a stopped worker held and never
@@ -38,8 +85,52 @@ class QueueBroker(AioPikaBroker):
             dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
             # Named, so that an operator sees whose connection is whose.
             client_properties={"connection_name": f"esm_tasks {queue}"},
+            connection_class=_tracked(self._connections),
         )
         self.queue = queue
+        self.outage = Outage(
+            f"RabbitMQ at {hidden(url)}",
+            "the worker finishes the runs it holds (RabbitMQ delivers them again, as their "
+            "acknowledgements went with the connection), reconnects every 5 s, and takes runs "
+            "again once RabbitMQ answers",
+        )
+
+    refused_for_good = staticmethod(refused_for_good)
+
+    async def startup(self) -> None:
+        logging.getLogger("aio_pika.robust_connection").addFilter(_QUIET)
+        self._closing = False
+        try:
+            await super().startup()
+        except BaseException:
+            await self._close_all()  # nothing of a failed attempt stays, nor reconnects later
+            raise
+        if self.is_worker_process:
+            for connection in self._connections:
+                connection.close_callbacks.add(self._lost)
+                connection.reconnect_callbacks.add(self._back)
+
+    def _lost(self, connection: Any, error: BaseException | None = None) -> None:
+        if not self._closing and isinstance(error, Exception):
+            self.outage.failed(error)
+
+    def _back(self, connection: Any) -> None:
+        self.outage.ended()
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            await self._close_all()
+
+    async def _close_all(self) -> None:
+        self._closing = True
+        connections, self._connections[:] = list(self._connections), []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self.write_conn = self.read_conn = None
+        self.write_channel = self.read_channel = None
 
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""
