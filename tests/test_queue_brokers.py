@@ -123,8 +123,14 @@ def test_a_worker_refuses_to_start_without_a_reachable_broker(tmp_path: pathlib.
         "ESM_TASKS_TEST_OUT": str(tmp_path / "out"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "esm_tasks", "worker", "tests.queue_server:app"]
-        + ["--start-timeout", "1"],
+        [
+            sys.executable,
+            "-m",
+            "esm_tasks",
+            "worker",
+            "tests.queue_server:app",
+            *("--start-timeout", "1"),
+        ],
         cwd=ROOT,
         env=environment,
         capture_output=True,

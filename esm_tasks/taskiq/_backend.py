@@ -39,6 +39,7 @@ else:
 
 
 _RETRY_AFTER = 1.0  # seconds between attempts to connect from a serving process
+_CONNECT_TIMEOUT = 10.0  # seconds an attempt to connect has, whoever still waits on it
 
 
 def _retrieved(attempt: asyncio.Future[None]) -> None:
@@ -148,7 +149,8 @@ class TaskiqBackend:
         """Connect, as the app starts. A broker that cannot be reached does not stop the app:
         its runs execute in this process (strict mode: answer 503) until it can be."""
         try:
-            await self._connect()
+            async with _within(self.send_timeout):
+                await self._connect()
         except Exception as error:
             logger.warning(
                 "%s cannot be reached (%s); %s until it can",
@@ -171,9 +173,10 @@ class TaskiqBackend:
         return "runs are refused (503)" if self.strict else "runs execute in this process"
 
     async def _connect(self) -> None:
-        """Connect, once for all who ask meanwhile: concurrent sends share one attempt, one
-        that fails leaves nothing open, and the next is made no sooner than a second later
-        (sends meanwhile get the last attempt's error at once)."""
+        """Connect, once for all who ask meanwhile: concurrent sends share one attempt, which
+        goes on when they stop waiting (it has `_CONNECT_TIMEOUT` seconds, a busy process may
+        need more than a send's), and one that fails leaves nothing open. The next is made no
+        sooner than a second later: sends meanwhile get the last attempt's error at once."""
         if self._connecting is None or self._connecting.done():
             if self._failed is not None and time.monotonic() < self._failed[0] + _RETRY_AFTER:
                 raise self._failed[1]
@@ -184,7 +187,7 @@ class TaskiqBackend:
 
     async def _attempt(self) -> None:
         try:
-            async with _within(self.send_timeout):
+            async with _within(max(self.send_timeout, _CONNECT_TIMEOUT)):
                 await self.broker.startup()
         except BaseException as error:
             self._failed = (time.monotonic(), error)
@@ -241,9 +244,9 @@ class TaskiqBackend:
                 message = self._encode(steps, run, request)
             else:
                 message = context.run(self._encode, steps, run, request)
-            if not self._connected:
-                await self._connect()  # unreachable when the app started: try again
             async with _within(self.send_timeout):
+                if not self._connected:
+                    await self._connect()  # unreachable when the app started: try again
                 await self._task.kiq(message.wire())
         except TypeError:  # checked when the handler returned; a failed request's run was not
             logger.exception("the run of %s cannot be sent to the broker; it runs here", where)

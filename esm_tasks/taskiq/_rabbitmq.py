@@ -34,15 +34,32 @@ def refused_for_good(error: BaseException) -> bool:
 
 
 class _OneLinePerOutage(logging.Filter):
-    """aio-pika's robust connection logs every attempt to reconnect (each 5 s) and that it
-    will try again; the broker's outage is said once, by esm_tasks, instead. A worker that
-    stops closes its connections, so that no such line follows its last."""
+    """aio-pika and aiormq log a lost connection several times over (a traceback per
+    connection, an ERROR per attempt to reconnect, every 5 s, and that they will try again);
+    esm_tasks says it once, with the broker and the cause. Their lines go to DEBUG, where they
+    still help whoever asks for them."""
+
+    _SAID = (
+        "Connection to %s closed. Reconnecting after",
+        'Connection attempt to "%s" failed',
+        "error when creating transport",
+        "Cancelling cause reader exited abnormally",
+        "Unexpected connection close from remote",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.WARNING or "Reconnecting after" not in str(record.msg)
+        text = str(record.msg)
+        if not text.startswith(self._SAID) and not (
+            # A channel's restore that lost its race with the connection's end: redone later.
+            text.startswith("Callback %r error") and "RobustChannel._on_close" in str(record.args)
+        ):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 _QUIET = _OneLinePerOutage()
+_LOUD = ("aio_pika.robust_connection", "aio_pika.tools", "aiormq.connection")
 
 
 def _tracked(into: list[RobustConnection]) -> type[RobustConnection]:
@@ -98,7 +115,8 @@ class QueueBroker(AioPikaBroker):
     refused_for_good = staticmethod(refused_for_good)
 
     async def startup(self) -> None:
-        logging.getLogger("aio_pika.robust_connection").addFilter(_QUIET)
+        for name in _LOUD:
+            logging.getLogger(name).addFilter(_QUIET)
         self._closing = False
         try:
             await super().startup()

@@ -139,6 +139,8 @@ class StreamBroker(AsyncBroker):
             "retries with backoff, and takes runs again once Redis answers",
         )
 
+    refused_for_good = staticmethod(refused_for_good)
+
     @property
     def redis(self) -> Redis:
         if self._redis is None:
