@@ -13,22 +13,25 @@ import contextlib
 import logging
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
 import pytest
 import redis
+import redis.asyncio
+from taskiq.message import BrokerMessage
 
 from esm_tasks.taskiq import TaskiqBackend
 
 from .faults import FaultProxy, fault_proxy
 from .support import serve
-from .test_queue_brokers import BROKERS, ROOT, _app_on, lines
+from .test_queue_brokers import BROKERS, ROOT, _app_on, lines, queue
 
 OUTAGE = 8.0  # seconds: longer than redis-py's socket timeout (5 s), which once ended workers
 
@@ -315,3 +318,134 @@ def test_an_unreachable_broker_is_named_with_its_cause_and_no_password(
     assert warning.startswith("RabbitMQ at amqp://guest:***@127.0.0.1:1/ cannot be reached (")
     assert "Connect call failed" in warning or "refused" in warning, warning
     assert "s3cret" not in warning
+
+
+def test_workers_leaving_the_redis_group_remove_their_consumers() -> None:
+    """A worker killed while holding a run leaves its consumer behind, holding the run; once
+    another worker has claimed and finished the run, the next worker to start removes the
+    dead consumer. A worker that stops removes its own, unless it still holds a run (its
+    pending entry would be lost with it). So the group does not grow by one consumer per
+    worker ever started.
+
+    Lost: nothing. Ran twice: nothing (the killed worker never ran its run here).
+    """
+    from esm_tasks.taskiq._redis import StreamBroker
+
+    stream = queue()
+    url = BROKERS["redis"]
+
+    async def consumers() -> set[str]:
+        async with redis.asyncio.Redis() as client:
+            found = await client.xinfo_consumers(stream, stream)
+        return {entry["name"].decode() for entry in found}
+
+    async def scenario() -> None:
+        async with redis.asyncio.Redis() as client:  # a worker killed holding a run
+            await client.xgroup_create(stream, stream, id="0", mkstream=True)
+            await client.xadd(stream, {"data": b"run"})
+            await client.xreadgroup(stream, "killed", {stream: ">"}, count=1)
+        taker = StreamBroker(url, stream=stream, claim_after=0.3, poll=0.1)
+        await taker.startup()
+        taking = taker.listen()
+        message = await taking.__anext__()  # claimed from the killed worker
+        assert message.data == b"run"
+        await message.ack()  # type: ignore[misc]
+        assert await consumers() == {"killed", taker.consumer}
+        await anyio.sleep(1.2)  # past max(2 * claim_after, 10 * poll): the killed one is gone
+        later = StreamBroker(url, stream=stream, claim_after=0.3, poll=0.1)
+        await later.startup()
+        waiting = later.listen()
+        waited = asyncio.ensure_future(waiting.__anext__())  # it sweeps, then waits
+        end = time.monotonic() + 30
+        while "killed" in await consumers():
+            assert time.monotonic() < end, await consumers()
+            await anyio.sleep(0.05)
+        waited.cancel()
+        for generator in (taking, waiting):
+            with contextlib.suppress(BaseException):
+                await generator.aclose()
+        await taker.shutdown()
+        await later.shutdown()
+        assert await consumers() == set()  # each stopped holding nothing: removed
+
+        # One stopped while it holds a run keeps its consumer: the run stays claimable.
+        holder = StreamBroker(url, stream=stream, claim_after=0.3, poll=0.1)
+        await holder.startup()
+        await holder.kick(BrokerMessage(task_id="t", task_name="x", message=b"held", labels={}))
+        holding = holder.listen()
+        assert (await holding.__anext__()).data == b"held"
+        with contextlib.suppress(BaseException):
+            await holding.aclose()
+        await holder.shutdown()
+        assert await consumers() == {holder.consumer}
+        async with redis.asyncio.Redis() as client:
+            assert (await client.xpending(stream, stream))["pending"] == 1
+
+    anyio.run(scenario)
+
+
+@pytest.fixture
+def own_redis(tmp_path: pathlib.Path) -> Iterator[Callable[..., str]]:
+    """Redis servers of the test's own, started with the given options; each URL returned."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str) -> str:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+                *("--dir", str(tmp_path), *options),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        started.append(process)
+        with redis.Redis(port=port) as client:
+            wait_for(lambda: _pings(client), "redis-server to start")
+        return f"redis://127.0.0.1:{port}/0"
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_worker_says_which_redis_settings_a_queue_needs_are_missing(
+    own_redis: Callable[..., str], task_log: list[logging.LogRecord]
+) -> None:
+    from esm_tasks.taskiq._redis import StreamBroker
+
+    async def check(url: str) -> list[str]:
+        del task_log[:]
+        broker = StreamBroker(url, stream="settings")
+        await broker.startup()
+        try:
+            await broker.check_settings()
+        finally:
+            await broker.shutdown()
+        return [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+
+    right = own_redis("--appendonly", "yes", "--maxmemory-policy", "noeviction")
+    assert anyio.run(check, right) == []
+    wrong = own_redis("--appendonly", "no", "--maxmemory-policy", "allkeys-lru")
+    appendonly, policy = anyio.run(check, wrong)
+    assert "runs with appendonly no" in appendonly
+    assert "set appendonly yes" in appendonly
+    assert "runs with maxmemory-policy allkeys-lru" in policy
+    assert "set maxmemory-policy noeviction" in policy
+    denied = own_redis("--rename-command", "CONFIG", "")  # as a managed Redis may
+    [said] = anyio.run(check, denied)
+    assert "does not let its settings be read" in said
+    assert (
+        "could not check that it runs with appendonly yes and maxmemory-policy noeviction" in said
+    )
