@@ -40,6 +40,7 @@ else:
 
 _RETRY_AFTER = 1.0  # seconds between attempts to connect from a serving process
 _CONNECT_TIMEOUT = 10.0  # seconds an attempt to connect has, whoever still waits on it
+_REST_TIMEOUT = 60.0  # seconds a worker waits for the broker to take the rest of a run
 
 
 def _retrieved(attempt: asyncio.Future[None]) -> None:
@@ -294,7 +295,9 @@ class TaskiqBackend:
         # The step is done: the rest goes on as a message of its own before this one is
         # acknowledged, so that a worker that dies from now on costs at most the step it was in.
         try:
-            async with _within(self.send_timeout):
+            # No client waits on a worker: it waits out a stalled broker rather than run the
+            # rest here and again when the held message arrives (a refused one fails at once).
+            async with _within(max(self.send_timeout, _REST_TIMEOUT)):
                 await self._task.kiq(rest.wire())
         except Exception as error:
             logger.warning(
