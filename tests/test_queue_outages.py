@@ -97,7 +97,7 @@ def ran(environment: dict[str, str]) -> list[tuple[str, str]]:
     return [(name, request) for name, request, _ in lines(environment, 0, deadline=0)]
 
 
-@pytest.mark.parametrize("outage", ["stall", "refuse"])
+@pytest.mark.parametrize("outage", ["stall", "refuse", "cut"])
 @pytest.mark.parametrize("broker", sorted(BROKERS))
 def test_a_worker_rides_out_an_outage_with_runs_queued_and_one_in_flight(
     broker: str,
@@ -110,14 +110,15 @@ def test_a_worker_rides_out_an_outage_with_runs_queued_and_one_in_flight(
     starts and finishes during it; five more are sent during it.
 
     Lost: nothing; the worker is the same process throughout, and exits 0 when told to.
-    Ran twice: on RabbitMQ after a refusal, the run that was going, as its acknowledgement
-    went with the connection and RabbitMQ delivered it again; otherwise nothing (a stall
-    holds the acknowledgement and delivers it; Redis's is owed and made once Redis answers).
+    Ran twice: on RabbitMQ after a refusal or a cut, the run that was going, as its
+    acknowledgement went with the connection and RabbitMQ delivered it again; otherwise
+    nothing (a stall holds the acknowledgement and delivers it; Redis's is owed and made once
+    Redis answers).
     """
     environment, app = _app_on(broker, monkeypatch, tmp_path)
     queue_name = environment["ESM_TASKS_TEST_QUEUE"]
     out = environment["ESM_TASKS_TEST_OUT"]
-    twice = 2 if (broker, outage) == ("rabbitmq", "refuse") else 1
+    twice = 2 if broker == "rabbitmq" and outage != "stall" else 1
     with proxied(broker) as proxy:
         through = {**environment, "ESM_TASKS_TEST_BROKER": proxy.url(BROKERS[broker])}
         with worker(through) as process:
@@ -128,7 +129,8 @@ def test_a_worker_rides_out_an_outage_with_runs_queued_and_one_in_flight(
                 for number in range(5):
                     assert httpx.post(f"{url}/work/q{number}").status_code == 201
                 pathlib.Path(f"{out}.go").touch()  # it finishes during the outage
-                time.sleep(OUTAGE)  # the outage itself: its length is the point
+                if outage != "cut":  # a cut is over at once: new connections pass
+                    time.sleep(OUTAGE)  # the outage itself: its length is the point
                 assert process.poll() is None, log(process)
                 proxy.restore()
                 wanted = {("added", f"q{number}") for number in range(5)}
@@ -153,10 +155,13 @@ def test_a_worker_rides_out_an_outage_with_runs_queued_and_one_in_flight(
     assert records.count(("finished", "inflight")) == twice, records
     assert sorted(r for r in records if r[0] == "added") == [("added", f"q{n}") for n in range(5)]
     # One WARNING for the outage, naming the broker; a RabbitMQ stall shorter than its
-    # heartbeat (60 s) goes unnoticed: bytes wait, nothing breaks.
-    expected = 0 if (broker, outage) == ("rabbitmq", "stall") else 1
-    assert len(outage_warnings(text)) == expected, text
-    if expected:
+    # heartbeat (60 s) goes unnoticed: bytes wait, nothing breaks; redis-py reconnects after
+    # a cut within the command, which may then not fail at all.
+    expected = {0} if (broker, outage) == ("rabbitmq", "stall") else {1}
+    if (broker, outage) == ("redis", "cut"):
+        expected = {0, 1}
+    assert len(outage_warnings(text)) in expected, text
+    if outage_warnings(text):
         name = "RabbitMQ at amqp://guest:***@" if broker == "rabbitmq" else "Redis at redis://"
         assert name in outage_warnings(text)[0]
     assert "never retrieved" not in text
