@@ -114,3 +114,33 @@ def _redis(*command: str) -> bytes:
     if done.stdout.startswith(b"Could not connect"):
         raise subprocess.CalledProcessError(1, command)
     return done.stdout
+
+
+def publish_raw(broker: str, queue: str, body: bytes) -> None:
+    """Put `body` on the queue as it is, as no esm_tasks sender would: a poison message."""
+    if broker == "redis":
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=6379) as client:
+            client.xadd(queue, {"data": body})
+        return
+    import aio_pika
+    import anyio
+
+    async def on_rabbitmq() -> None:
+        async with await aio_pika.connect(URLS["rabbitmq"]) as connection:
+            channel = await connection.channel()
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await channel.default_exchange.publish(message, routing_key=queue)
+
+    anyio.run(on_rabbitmq)
+
+
+def dead(broker: str, queue: str) -> int:
+    """How many dead letters the queue has (`<queue>.dead`, on Redis `<queue>:dead`)."""
+    if broker == "redis":
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=6379) as client:
+            return int(client.xlen(f"{queue}:dead"))
+    return left(broker, f"{queue}.dead")

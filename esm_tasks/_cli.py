@@ -1,6 +1,7 @@
 """The `esm-tasks` command. Thin: it parses arguments and calls what tests call too.
 
-esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S] [--log-level LEVEL]
+esm-tasks worker MODULE:APP [--concurrency N] [--shutdown-timeout S] [--start-timeout S]
+    [--log-level LEVEL]
 esm-tasks --version
 """
 
@@ -35,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds the runs under way get to finish on SIGTERM (30)",
     )
     worker.add_argument(
+        "--start-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a broker out of reach at start, then exit 2 (wait for good)",
+    )
+    worker.add_argument(
         "--log-level",
         choices=LEVELS,
         default="info",
@@ -51,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency takes a whole number of at least 1")
     if arguments.shutdown_timeout < 0:
         parser.error("--shutdown-timeout takes seconds, 0 or more")
+    if arguments.start_timeout is not None and arguments.start_timeout < 0:
+        parser.error("--start-timeout takes seconds, 0 or more")
     configure_worker(arguments.log_level)
     try:
         from .taskiq._worker import WorkerError
@@ -63,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esm-tasks worker: cannot load {arguments.app}: {error}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_work(app, arguments.concurrency, arguments.shutdown_timeout))
+        asyncio.run(
+            _work(app, arguments.concurrency, arguments.shutdown_timeout, arguments.start_timeout)
+        )
     except WorkerError as error:
         print(f"esm-tasks worker: {arguments.app}: {error}", file=sys.stderr)
         return 2
@@ -100,7 +111,9 @@ def load(target: str) -> Any:
     return value
 
 
-async def _work(app: Any, concurrency: int, shutdown_timeout: float) -> None:
+async def _work(
+    app: Any, concurrency: int, shutdown_timeout: float, start_timeout: float | None
+) -> None:
     from .taskiq._worker import work
 
     stop = anyio.Event()
@@ -108,4 +121,10 @@ async def _work(app: Any, concurrency: int, shutdown_timeout: float) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         # The loop's own handler: it wakes the loop, idle or not, on every Python.
         loop.add_signal_handler(number, stop.set)
-    await work(app, concurrency=concurrency, shutdown_timeout=shutdown_timeout, stop=stop)
+    await work(
+        app,
+        concurrency=concurrency,
+        shutdown_timeout=shutdown_timeout,
+        start_timeout=start_timeout,
+        stop=stop,
+    )

@@ -82,6 +82,7 @@ def build() -> App:
         queue=os.environ["ESM_TASKS_TEST_QUEUE"],
         claim_after=float(os.environ.get("ESM_TASKS_TEST_CLAIM_AFTER", "30")),
         max_deliveries=int(os.environ.get("ESM_TASKS_TEST_MAX_DELIVERIES", "5")),
+        send_timeout=float(os.environ.get("ESM_TASKS_TEST_SEND_TIMEOUT", "2")),
     )
     return App(
         routes=[work, slow_route, poison_route, steps_route, route],

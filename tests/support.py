@@ -115,9 +115,15 @@ async def drive(
     """Call `app` as a server would, logging "body sent" once the last chunk is handed over."""
     reply = Reply()
     messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    # As a server does, the client is there until its response is whole (or sending fails):
+    # a response that listens for a disconnect is not cut short by one that never happened.
+    answered = anyio.Event()
 
     async def receive() -> Message:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        await answered.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -132,10 +138,12 @@ async def drive(
             return
         if send_fails_after_start:
             events.append("send failed")
+            answered.set()
             raise OSError("client went away")
         reply.body += message.get("body", b"")
         if not message.get("more_body", False):
             events.append("body sent")
+            answered.set()
 
     await app(http_scope(method, path, query, headers), receive, send)
     return reply

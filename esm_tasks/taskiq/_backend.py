@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +26,7 @@ from .._run import Run, Settings
 from .._text import bounded
 from .._wire import Refused, Registry, RunMessage, encode, run_of
 from ._dead_letters import KeepsDeadLetters
+from ._outage import Outage, cause, hidden
 from ._screening import named, summary
 
 TASK_NAME = "esm_tasks.run"
@@ -38,6 +40,17 @@ else:
     async def _within(seconds: float) -> AsyncIterator[None]:
         with anyio.fail_after(seconds):
             yield
+
+
+_RETRY_AFTER = 1.0  # seconds between attempts to connect from a serving process
+_CONNECT_TIMEOUT = 10.0  # seconds an attempt to connect has, whoever still waits on it
+_REST_TIMEOUT = 60.0  # seconds a worker waits for the broker to take the rest of a run
+
+
+def _retrieved(attempt: asyncio.Future[None]) -> None:
+    """Its error is read by whoever waits on it; read here too, in case no one still does."""
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
@@ -135,6 +148,10 @@ class TaskiqBackend:
         self.cut_short = False
         self._registry: Registry | None = None
         self._connected = False
+        # The attempt to connect under way, if any: concurrent sends share it rather than each
+        # opening connections of its own.
+        self._connecting: asyncio.Future[None] | None = None
+        self._failed: tuple[float, BaseException] | None = None  # the last attempt's end
         self._settings: Settings | None = None
 
     @classmethod
@@ -154,6 +171,11 @@ class TaskiqBackend:
         `claim_after`, on Redis: seconds before a silent worker's runs go to another.
         `max_deliveries`: deliveries after which a run is dead-lettered, not run again.
         `options` go to `TaskiqBackend`."""
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(
+                f"TaskiqBackend.from_url takes a URL with its scheme, got {url!r}: for "
+                f"RabbitMQ amqp://{url} (or amqps://), for Redis redis://{url} (or rediss://)"
+            )
         scheme = url.partition("://")[0].lower()
         broker: AsyncBroker
         if scheme in ("amqp", "amqps"):
@@ -168,7 +190,7 @@ class TaskiqBackend:
             )
         else:
             raise ValueError(
-                f"TaskiqBackend.from_url takes an amqp:// or redis:// URL, got {scheme}://; "
+                f"TaskiqBackend.from_url takes an amqp:// or redis:// URL, got {hidden(url)!r}; "
                 "for another broker, give TaskiqBackend the taskiq broker itself"
             )
         return cls(broker, **options)
@@ -204,19 +226,59 @@ class TaskiqBackend:
         """Connect, as the app starts. A broker that cannot be reached does not stop the app:
         its runs execute in this process (strict mode: answer 503) until it can be."""
         try:
-            await self._connect()
+            async with _within(self.send_timeout):
+                await self._connect()
         except Exception as error:
             logger.warning(
-                "the broker cannot be reached (%r); runs execute in this process until it can",
-                error,
+                "%s cannot be reached (%s); %s until it can",
+                *(self.address, cause(error), self._meanwhile),
             )
 
+    @property
+    def address(self) -> str:
+        """The broker, as log lines name it: its URL with the password hidden."""
+        outage = getattr(self.broker, "outage", None)
+        if isinstance(outage, Outage):  # esm_tasks' own: "RabbitMQ at ...", "Redis at ..."
+            return outage.broker
+        url = getattr(self.broker, "url", None)
+        if isinstance(url, str):
+            return f"the broker at {hidden(url)}"
+        return f"the broker {type(self.broker).__name__}"
+
+    @property
+    def _meanwhile(self) -> str:
+        return "runs are refused (503)" if self.strict else "runs execute in this process"
+
     async def _connect(self) -> None:
-        async with _within(self.send_timeout):
-            await self.broker.startup()
+        """Connect, once for all who ask meanwhile: concurrent sends share one attempt, which
+        goes on when they stop waiting (it has `_CONNECT_TIMEOUT` seconds, a busy process may
+        need more than a send's), and one that fails leaves nothing open. The next is made no
+        sooner than a second later: sends meanwhile get the last attempt's error at once."""
+        if self._connecting is None or self._connecting.done():
+            if self._failed is not None and time.monotonic() < self._failed[0] + _RETRY_AFTER:
+                raise self._failed[1]
+            self._connecting = asyncio.ensure_future(self._attempt())
+            self._connecting.add_done_callback(_retrieved)
+        # Shielded: a caller's own deadline does not end the attempt others wait on.
+        await asyncio.shield(self._connecting)
+
+    async def _attempt(self) -> None:
+        try:
+            async with _within(max(self.send_timeout, _CONNECT_TIMEOUT)):
+                await self.broker.startup()
+        except BaseException as error:
+            self._failed = (time.monotonic(), error)
+            if not isinstance(self.broker, KeepsDeadLetters):  # esm_tasks' own close themselves
+                with contextlib.suppress(Exception):
+                    await self.broker.shutdown()
+            raise
+        self._failed = None
         self._connected = True
 
     async def shutdown(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.wait({self._connecting})
         if self._connected:
             self._connected = False
             await self.broker.shutdown()
@@ -261,10 +323,10 @@ class TaskiqBackend:
                 message = self._encode(steps, run, request)
             else:
                 message = context.run(self._encode, steps, run, request)
-            if not self._connected:
-                await self._connect()  # unreachable when the app started: try again
-            written = True
             async with _within(self.send_timeout):
+                if not self._connected:
+                    await self._connect()  # unreachable when the app started: try again
+                written = True
                 await self._task.kiq(message.wire())
         except TypeError as error:  # checked when the handler returned; a failed request's
             # run was not. If this error is what failed the request, it was told once already.
@@ -281,8 +343,9 @@ class TaskiqBackend:
             if written and not _unsent(self.broker, error):
                 delivery = Delivery.MAY_BE_DELIVERED
             logger.warning(
-                "the run of %s could not be sent to the broker (%s): %s%s",
+                "the run of %s could not be sent to %s (%s): %s%s",
                 where,
+                self.address,
                 _cause(error, self.send_timeout),
                 "the broker may have it yet"
                 if delivery is Delivery.MAY_BE_DELIVERED
@@ -328,7 +391,9 @@ class TaskiqBackend:
         # The step is done: the rest goes on as a message of its own before this one is
         # acknowledged, so that a worker that dies from now on costs at most the step it was in.
         try:
-            async with _within(self.send_timeout):
+            # No client waits on a worker: it waits out a stalled broker rather than run the
+            # rest here and again when the held message arrives (a refused one fails at once).
+            async with _within(max(self.send_timeout, _REST_TIMEOUT)):
                 await self._task.kiq(rest.wire())
         except Exception as error:
             logger.warning(

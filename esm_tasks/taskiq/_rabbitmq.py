@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import aio_pika
 import aiormq
+import aiormq.exceptions
+from aio_pika import RobustConnection
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from taskiq import AckableMessage
 from taskiq.utils import maybe_awaitable
@@ -20,6 +24,63 @@ from taskiq_aio_pika.queue import Queue, QueueType
 from .._events import logger
 from .._text import bounded
 from ._dead_letters import DeadLetter, Delivery
+from ._outage import Outage, hidden
+
+# RabbitMQ answers, and waiting will not change its answer: bad credentials, a virtual host
+# the user may not use, a queue declared otherwise than this version declares it.
+_FOR_GOOD = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.IncompatibleProtocolError,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelPreconditionFailed,
+)
+
+
+def refused_for_good(error: BaseException) -> bool:
+    return isinstance(error, _FOR_GOOD)
+
+
+class _OneLinePerOutage(logging.Filter):
+    """aio-pika and aiormq log a lost connection several times over (a traceback per
+    connection, an ERROR per attempt to reconnect, every 5 s, and that they will try again);
+    esm_tasks says it once, with the broker and the cause. Their lines go to DEBUG, where they
+    still help whoever asks for them."""
+
+    _SAID = (
+        "Connection to %s closed. Reconnecting after",
+        'Connection attempt to "%s" failed',
+        "error when creating transport",
+        "Cancelling cause reader exited abnormally",
+        "Unexpected connection close from remote",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if not text.startswith(self._SAID) and not (
+            # A channel's restore that lost its race with the connection's end: redone later.
+            text.startswith("Callback %r error") and "RobustChannel._on_close" in str(record.args)
+        ):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET = _OneLinePerOutage()
+_LOUD = ("aio_pika.robust_connection", "aio_pika.tools", "aiormq.connection")
+
+
+def _tracked(into: list[RobustConnection]) -> type[RobustConnection]:
+    """aio-pika's robust connection, each one kept in `into` as soon as it is made: one whose
+    first attempt timed out goes on trying in the background, and must be closed."""
+
+    class Tracked(RobustConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            into.append(self)
+
+    return Tracked
 
 
 class QueueBroker(AioPikaBroker):
@@ -38,6 +99,8 @@ class QueueBroker(AioPikaBroker):
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
         self.dead = f"{queue}.dead"
         self.max_deliveries = max_deliveries
+        self._connections: list[RobustConnection] = []  # every one made, to close them all
+        self._closing = False
         super().__init__(
             url,
             # A worker holds no more than it runs: what a stopped worker held and never
@@ -51,11 +114,56 @@ class QueueBroker(AioPikaBroker):
             dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
             # Named, so that an operator sees whose connection is whose.
             client_properties={"connection_name": f"esm_tasks {queue}"},
+            connection_class=_tracked(self._connections),
         )
         self.queue = queue
         self._consumed: AbstractQueue | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._tag: ConsumerTag | None = None
+        self.outage = Outage(
+            f"RabbitMQ at {hidden(url)}",
+            "the worker finishes the runs it holds (RabbitMQ delivers them again, as their "
+            "acknowledgements went with the connection), reconnects every 5 s, and takes runs "
+            "again once RabbitMQ answers",
+        )
+
+    refused_for_good = staticmethod(refused_for_good)
+
+    async def startup(self) -> None:
+        for name in _LOUD:
+            logging.getLogger(name).addFilter(_QUIET)
+        self._closing = False
+        try:
+            await super().startup()
+        except BaseException:
+            await self._close_all()  # nothing of a failed attempt stays, nor reconnects later
+            raise
+        if self.is_worker_process:
+            for connection in self._connections:
+                connection.close_callbacks.add(self._lost)
+                connection.reconnect_callbacks.add(self._back)
+
+    def _lost(self, connection: Any, error: BaseException | None = None) -> None:
+        if not self._closing and isinstance(error, Exception):
+            self.outage.failed(error)
+
+    def _back(self, connection: Any) -> None:
+        self.outage.ended()
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            await self._close_all()
+
+    async def _close_all(self) -> None:
+        self._closing = True
+        connections, self._connections[:] = list(self._connections), []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self.write_conn = self.read_conn = None
+        self.write_channel = self.read_channel = None
 
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""

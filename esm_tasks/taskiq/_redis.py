@@ -28,13 +28,26 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 
 from .._events import logger
 from ._dead_letters import DeadLetter, Delivery
+from ._outage import Outage, backoff, cause, hidden
+
+# Redis is away for now: refused, reset, or silent past redis-py's socket timeout (5 s).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+# Redis answers, and waiting will not change its answer.
+_FOR_GOOD = (AuthenticationError, AuthorizationError, NoPermissionError)
+_FOR_GOOD_REPLIES = ("WRONGTYPE", "NOAUTH", "WRONGPASS", "NOPERM")
 
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
 
@@ -43,6 +56,36 @@ if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 end
 """
+
+# A consumer leaves the group only if it holds nothing: its pending entries would go with it.
+_LEAVE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+
+# Consumers of workers long gone (killed, or stopped holding runs), whose runs others have
+# since claimed: removed, so that the group does not grow by one per worker ever started.
+_SWEEP = """
+local removed = 0
+for _, fields in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local consumer = {}
+  for i = 1, #fields, 2 do consumer[fields[i]] = fields[i + 1] end
+  if consumer['pending'] == 0 and consumer['idle'] > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], consumer['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+def refused_for_good(error: BaseException) -> bool:
+    """Whether Redis refuses for good: bad credentials, no permission, a key of the wrong type."""
+    if isinstance(error, _FOR_GOOD):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_FOR_GOOD_REPLIES)
 
 
 class StreamBroker(AsyncBroker):
@@ -55,6 +98,8 @@ class StreamBroker(AsyncBroker):
     :param poll: seconds a worker waits for a new message before looking again for ones to
         claim.
     :param max_deliveries: deliveries after which a message is dead-lettered, not run again.
+    :param max_connections: connections to Redis this process opens at most (a pool shared
+        by every send, read, heartbeat and acknowledgement); past that, callers wait their turn.
     """
 
     def __init__(
@@ -65,13 +110,16 @@ class StreamBroker(AsyncBroker):
         claim_after: float = 30.0,
         poll: float = 1.0,
         max_deliveries: int = 5,
+        max_connections: int = 10,
     ) -> None:
         super().__init__()
-        if claim_after <= 0 or poll <= 0 or max_deliveries < 1:
+        if claim_after <= 0 or poll <= 0 or max_deliveries < 1 or max_connections < 2:
             raise ValueError(
-                "StreamBroker takes claim_after and poll above 0, max_deliveries of 1 or more"
+                "StreamBroker takes claim_after and poll above 0, max_deliveries of 1 or more, "
+                "max_connections of 2 or more"
             )
         self.url = url
+        self.max_connections = max_connections
         self.stream = stream
         self.dead = f"{stream}:dead"
         self.max_deliveries = max_deliveries
@@ -87,6 +135,14 @@ class StreamBroker(AsyncBroker):
         self._listening = False
         self._wanted = asyncio.Event()  # the receiver waits for a message
         self._cursor: bytes | str = "0-0"  # where the scan for abandoned entries goes on
+        self.outage = Outage(
+            f"Redis at {hidden(url)}",
+            "the worker keeps the runs it holds (though after claim_after="
+            f"{claim_after:g} s without its heartbeat another worker may start them again), "
+            "retries with backoff, and takes runs again once Redis answers",
+        )
+
+    refused_for_good = staticmethod(refused_for_good)
 
     @property
     def redis(self) -> Redis:
@@ -95,10 +151,57 @@ class StreamBroker(AsyncBroker):
         return self._redis
 
     async def startup(self) -> None:
-        # Named, so that an operator sees whose connection is whose (CLIENT LIST).
-        self._redis = Redis.from_url(self.url, client_name=f"esm_tasks:{self.stream}")
-        await self._create_group()
+        if self._redis is None:
+            # One bounded pool per process, named so that an operator sees whose connection is
+            # whose (CLIENT LIST). Blocking: a caller past the bound waits for a connection.
+            pool = BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                client_name=f"esm_tasks:{self.stream}",
+            )
+            self._redis = Redis.from_pool(pool)
+        try:
+            await self._create_group()
+        except BaseException:
+            # Not reached: nothing of this attempt stays open (a stalled connection would
+            # otherwise come back to life beside the next attempt's).
+            await self._close()
+            raise
         await super().startup()
+
+    async def _close(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+    async def check_settings(self) -> None:
+        """Say, at WARNING, which of the settings a queue needs Redis lacks, and how to set
+        them; or that they could not be read (a managed Redis may deny CONFIG)."""
+        wanted = {"appendonly": "yes", "maxmemory-policy": "noeviction"}
+        why = {
+            "appendonly": "runs Redis held are lost when it restarts",
+            "maxmemory-policy": "Redis may evict the stream, and the runs in it, when full",
+        }
+        try:
+            found: dict[Any, Any] = {}
+            for name in wanted:
+                found.update(await self.redis.config_get(name))
+        except ResponseError as error:
+            logger.warning(
+                "Redis at %s does not let its settings be read (%s): could not check that it "
+                "runs with appendonly yes and maxmemory-policy noeviction, as a queue needs",
+                *(hidden(self.url), cause(error)),
+            )
+            return
+        found = {_text(key): _text(value) for key, value in found.items()}
+        for name, value in wanted.items():
+            if found.get(name, value) != value:
+                logger.warning(
+                    "Redis at %s runs with %s %s: %s; set %s %s (redis.conf, or CONFIG SET "
+                    "%s %s then CONFIG REWRITE)",
+                    *(hidden(self.url), name, found[name], why[name], name, value, name, value),
+                )
 
     async def shutdown(self) -> None:
         await super().shutdown()
@@ -111,9 +214,10 @@ class StreamBroker(AsyncBroker):
         if self._owed and self._redis is not None:
             with contextlib.suppress(Exception):  # else another worker runs them again
                 await self._acknowledge(list(self._owed))
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        if self._reading is not None and self._redis is not None:
+            with contextlib.suppress(Exception):  # left behind, the next worker's sweep does it
+                await self.redis.eval(_LEAVE, 1, self.stream, self.stream, self.consumer)
+        await self._close()
 
     async def kick(self, message: BrokerMessage) -> None:
         await self.redis.xadd(self.stream, {"data": message.message})
@@ -148,7 +252,15 @@ class StreamBroker(AsyncBroker):
             self._listening = False
 
     async def _fill(self, inbox: asyncio.Queue[_Entry | Exception]) -> None:
-        outage = False
+        waits = backoff(first=self.poll)
+        with contextlib.suppress(Exception):  # a sweep that fails is done by the next worker
+            await self.redis.eval(
+                _SWEEP,
+                1,
+                self.stream,
+                self.stream,
+                int(max(2 * self.claim_after, 10 * self.poll) * 1000),
+            )
         try:
             while self._listening:
                 if not self._wanted.is_set():
@@ -157,14 +269,16 @@ class StreamBroker(AsyncBroker):
                             await self._wanted.wait()
                     continue
                 try:
+                    if self.outage.on:
+                        await self._keep_held()  # before any claim: ours stay ours
                     found = await self._claim() or await self._read()
-                except (RedisConnectionError, OSError) as error:
-                    # Redis restarts, or a network blip: what this worker holds stays held, and
-                    # runs, and reading goes on once Redis answers again.
-                    if not outage:
-                        logger.warning("Redis cannot be read (%r); trying again", error)
-                    outage = True
-                    await anyio.sleep(self.poll)
+                except _UNREACHABLE as error:
+                    if refused_for_good(error):  # bad credentials are a ConnectionError too
+                        raise
+                    # Redis restarts, is cut off, or stalls: what this worker holds stays held,
+                    # and runs, and reading goes on once Redis answers again.
+                    self.outage.failed(error)
+                    await anyio.sleep(next(waits))
                     continue
                 except ResponseError as error:
                     if str(error).startswith("UNBLOCKED"):  # the stream was deleted: look again
@@ -173,9 +287,9 @@ class StreamBroker(AsyncBroker):
                         raise
                     await self._lost_group()
                     continue
-                if outage:
-                    logger.warning("Redis answers again; reading runs")
-                    outage = False
+                if self.outage.on:
+                    self.outage.ended()
+                    waits = backoff(first=self.poll)
                 for entry_id, fields in found:
                     self._held.add(entry_id)  # from now on, kept this worker's by the heartbeat
                     self._wanted.clear()
@@ -214,7 +328,7 @@ class StreamBroker(AsyncBroker):
         )
         claimed = []
         for entry_id, fields in entries:
-            if not fields:
+            if not fields or entry_id in self._held:  # deleted; or ours, running here
                 continue
             pending = await self.redis.xpending_range(
                 self.stream, self.stream, min=entry_id, max=entry_id, count=1
@@ -246,12 +360,14 @@ class StreamBroker(AsyncBroker):
     async def _ack(self, entry_id: bytes) -> None:
         try:
             await self._acknowledge([entry_id])
-        except (RedisConnectionError, OSError) as error:
+        except _UNREACHABLE as error:
             # Still held, so the heartbeat keeps it this worker's, and acknowledges it once
             # Redis answers: not run again while this worker lives.
             self._owed.add(entry_id)
-            logger.warning(
-                "a finished run could not be acknowledged (%r); the heartbeat tries again", error
+            self.outage.failed(error)
+            logger.info(
+                "a finished run could not be acknowledged (%s); the heartbeat tries again",
+                cause(error),
             )
 
     async def _acknowledge(self, entry_ids: list[bytes]) -> None:
@@ -287,22 +403,31 @@ class StreamBroker(AsyncBroker):
         `claim_after`."""
         while True:
             await anyio.sleep(self.claim_after / 3)
-            if self._owed:
-                with contextlib.suppress(Exception):  # still owed: next time
-                    await self._acknowledge(list(self._owed))
-            if self._held:
-                try:
-                    await self.redis.xclaim(
-                        self.stream,
-                        self.stream,
-                        self.consumer,
-                        min_idle_time=0,
-                        message_ids=list(self._held),
-                        justid=True,
-                    )
-                except Exception as error:  # it beats again next time; say what may follow
-                    logger.warning(
-                        "the heartbeat of %d held run(s) failed (%r); if it keeps failing for "
-                        "%s s, another worker may start them again",
-                        *(len(self._held), error, self.claim_after),
-                    )
+            try:
+                await self._keep_held()
+            except _UNREACHABLE as error:  # an outage: said once; it beats again next time
+                self.outage.failed(error)
+            except Exception as error:
+                logger.warning(
+                    "the heartbeat of %d held run(s) failed (%s); if it keeps failing for "
+                    "%s s, another worker may start them again",
+                    *(len(self._held), cause(error), self.claim_after),
+                )
+
+    async def _keep_held(self) -> None:
+        """Acknowledge what is owed, and claim again what is still held."""
+        if self._owed:
+            await self._acknowledge(list(self._owed))
+        if self._held:
+            await self.redis.xclaim(
+                self.stream,
+                self.stream,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=list(self._held),
+                justid=True,
+            )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

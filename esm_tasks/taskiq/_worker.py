@@ -19,6 +19,7 @@ from .._text import bounded
 from .._wire import RunMessage
 from ._backend import TASK_NAME, TaskiqBackend
 from ._dead_letters import KeepsDeadLetters
+from ._outage import Outage, backoff, cause
 from ._screening import describe, named, screen
 
 
@@ -32,12 +33,17 @@ async def work(
     concurrency: int = 10,
     shutdown_timeout: float = 30.0,
     connect_timeout: float = 10.0,
+    start_timeout: float | None = None,
     stop: anyio.Event | None = None,
 ) -> None:
     """Run the queued runs of `app` until `stop` is set.
 
     Then it takes no more messages, gives the runs under way `shutdown_timeout` seconds, and
     returns; a run cut short is not acknowledged, so the broker delivers it again.
+
+    A broker out of reach at start is waited for, with backoff, each attempt given
+    `connect_timeout` seconds: for good, or for `start_timeout` seconds if given. A broker that
+    refuses for good (bad credentials, say) is a `WorkerError` at once.
     """
     settings = getattr(app, "task_settings", None)
     backend = getattr(settings, "backend", None)
@@ -48,11 +54,17 @@ async def work(
         )
     broker = backend.broker
     broker.is_worker_process = True
-    try:
-        with anyio.fail_after(connect_timeout):
-            await broker.startup()
-    except Exception as error:
-        raise WorkerError(f"the broker cannot be reached: {error!r}") from error
+    stop = stop or anyio.Event()
+    if not await _start(backend, connect_timeout, start_timeout, stop):
+        return  # told to stop before the broker could be reached
+    check_settings = getattr(broker, "check_settings", None)
+    if check_settings is not None:  # Redis: the settings a queue needs
+        try:
+            await check_settings()
+        except Exception as error:  # it is a check: the worker goes on
+            logger.warning(
+                "%s: its settings could not be checked (%s)", backend.address, cause(error)
+            )
     serve_at_most = getattr(broker, "serve_at_most", None)
     if serve_at_most is not None:  # esm_tasks' RabbitMQ broker: prefetch no more than it runs
         serve_at_most(concurrency)
@@ -72,9 +84,8 @@ async def work(
         try:
             await receiver.listen(finish)
         except Exception as error:
-            logger.error("the worker's broker failed", exc_info=error)
-            cause = _innermost(error)
-            failed = f"{type(cause).__name__}: {cause}"
+            logger.debug("the worker's broker failed", exc_info=error)
+            failed = f"{backend.address} refuses it ({cause(error)})"
         if not finish.is_set():  # the broker's listen ended, or failed
             failed = failed or "its listen ended"
             group.cancel_scope.cancel()
@@ -83,14 +94,14 @@ async def work(
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(listen, group)
-            await (stop or anyio.Event()).wait()
+            await stop.wait()
             logger.info(
                 "worker stopping: no new runs; up to %s s for those under way", shutdown_timeout
             )
             finish.set()
         if failed:
             # Not a worker that looks alive and takes nothing: one that exits, to be restarted.
-            raise WorkerError(f"it stopped taking runs: the broker failed: {failed}")
+            raise WorkerError(f"it stopped taking runs: {failed}")
     finally:
         # Past the shutdown timeout: a run still going is cut short with the process, and
         # must stay unacknowledged, whatever taskiq's receiver does as it is cancelled.
@@ -100,11 +111,45 @@ async def work(
             await broker.shutdown()
 
 
-def _innermost(error: BaseException) -> BaseException:
-    """The first error an exception group holds, however deep; else the error itself."""
-    while isinstance(getattr(error, "exceptions", None), tuple) and error.exceptions:  # type: ignore[attr-defined]
-        error = error.exceptions[0]  # type: ignore[attr-defined]
-    return error
+async def _start(
+    backend: TaskiqBackend, attempt: float, give_up: float | None, stop: anyio.Event
+) -> bool:
+    """Connect the worker's broker, waiting out an outage: True once connected, False if
+    `stop` came first. A refusal for good, or `give_up` seconds past, is a WorkerError."""
+    broker = backend.broker
+    outage = Outage(
+        backend.address,
+        "the worker tries again with backoff, and starts once it answers"
+        + ("" if give_up is None else f" (for up to {give_up:g} s)"),
+    )
+    for_good = getattr(broker, "refused_for_good", lambda error: False)
+    deadline = None if give_up is None else anyio.current_time() + give_up
+    waits = backoff()
+    while True:
+        try:
+            with anyio.fail_after(attempt):
+                await broker.startup()
+        except Exception as error:
+            reason = cause(error)
+            if isinstance(error, TimeoutError):
+                reason = f"no answer within {attempt:g} s"
+            if for_good(error):
+                raise WorkerError(f"{backend.address} refuses it ({reason})") from error
+            if deadline is not None and anyio.current_time() >= deadline:
+                raise WorkerError(
+                    f"{backend.address} cannot be reached ({reason}); gave up after {give_up:g} s"
+                ) from error
+            outage.failed(error)
+            wait = next(waits)
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - anyio.current_time()))
+            with anyio.move_on_after(wait):
+                await stop.wait()
+            if stop.is_set():
+                return False
+            continue
+        outage.ended()
+        return True
 
 
 class _Grace:
@@ -233,7 +278,19 @@ class _Grace:
         done.set()
         if self.over:
             return None
-        return message.ack()
+        return self._ack(message)
+
+    async def _ack(self, message: AckableMessage) -> None:
+        try:
+            await maybe_awaitable(message.ack())
+        except Exception as error:
+            # The connection the message came on is gone (RabbitMQ: its channel is closed, and
+            # RabbitMQ delivers the message again, to run again); raised, it would end
+            # taskiq's callback task with an exception no one retrieves.
+            logger.info(
+                "a finished run could not be acknowledged (%s); the broker delivers it again",
+                cause(error),
+            )
 
 
 @runtime_checkable
