@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -25,15 +23,8 @@ from ._dead_letters import KeepsDeadLetters
 
 TASK_NAME = "esm_tasks.run"
 
-if sys.version_info >= (3, 11):
-    # taskiq runs on asyncio, whose own deadline costs half of anyio's on every send.
-    _within = asyncio.timeout
-else:
-
-    @contextlib.asynccontextmanager
-    async def _within(seconds: float) -> AsyncIterator[None]:
-        with anyio.fail_after(seconds):
-            yield
+# taskiq runs on asyncio, whose own deadline costs half of anyio's on every send.
+_within = asyncio.timeout
 
 
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
@@ -136,8 +127,12 @@ class TaskiqBackend:
             )
 
     async def _connect(self) -> None:
-        async with _within(self.send_timeout):
-            await self.broker.startup()
+        try:
+            async with _within(self.send_timeout):
+                await self.broker.startup()
+        except BaseException:
+            await close_quietly(self.broker, self.send_timeout)
+            raise
         self._connected = True
 
     async def shutdown(self) -> None:
@@ -237,3 +232,13 @@ class TaskiqBackend:
                 *(where, error),
             )
             await run_steps(steps[1:], run)
+
+
+async def close_quietly(broker: AsyncBroker, timeout: float) -> None:
+    """Close what a broker's failed startup opened: a connection left open outlives its
+    event loop, and its callbacks are destroyed pending when the loop ends."""
+    with anyio.move_on_after(timeout, shield=True):
+        try:
+            await broker.shutdown()
+        except Exception as error:
+            logger.debug("closing a broker that failed to start raised %r", error)

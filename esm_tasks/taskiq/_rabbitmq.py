@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 import aio_pika
+from taskiq import AsyncBroker
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
 from taskiq_aio_pika.queue import Queue, QueueType
 
+from .._events import logger
 from ._dead_letters import DeadLetter
 
 
@@ -40,6 +43,32 @@ class QueueBroker(AioPikaBroker):
             client_properties={"connection_name": f"esm_tasks {queue}"},
         )
         self.queue = queue
+
+    async def shutdown(self) -> None:
+        """Close both channels and both connections, whatever each close raises.
+
+        taskiq-aio-pika's own shutdown stops at the first close that raises, and a channel's
+        close raises when the broker dropped its connection a moment before (aiormq then
+        rejects the close's own call with CancelledError). A connection left open goes on
+        past its event loop: its close callbacks are destroyed pending when the loop ends,
+        and aiormq's `FutureStore.reject_all` is never awaited.
+        """
+        await AsyncBroker.shutdown(self)  # taskiq's part: its shutdown handlers, result backend
+        parts = (self.write_channel, self.read_channel, self.write_conn, self.read_conn)
+        self.write_channel = self.read_channel = self.write_conn = self.read_conn = None
+        rejected: asyncio.CancelledError | None = None
+        for part in parts:
+            if part is None or part.is_closed:
+                continue
+            try:
+                await part.close()
+            except asyncio.CancelledError as error:
+                rejected = error  # aiormq's, or ours: the rest is closed first either way
+            except Exception as error:
+                logger.debug("closing %r raised %r; the rest is closed all the same", part, error)
+        current = asyncio.current_task()
+        if rejected is not None and current is not None and current.cancelling():
+            raise rejected  # a cancellation of the caller, not aiormq's: it stands
 
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""

@@ -16,7 +16,7 @@ from taskiq.utils import maybe_awaitable
 
 from .._events import logger
 from .._instruments import Instrument, dead_lettered
-from ._backend import TASK_NAME, TaskiqBackend
+from ._backend import TASK_NAME, TaskiqBackend, close_quietly
 from ._dead_letters import KeepsDeadLetters
 
 
@@ -50,6 +50,7 @@ async def work(
         with anyio.fail_after(connect_timeout):
             await broker.startup()
     except Exception as error:
+        await close_quietly(broker, connect_timeout)
         raise WorkerError(f"the broker cannot be reached: {error!r}") from error
     serve_at_most = getattr(broker, "serve_at_most", None)
     if serve_at_most is not None:  # esm_tasks' RabbitMQ broker: prefetch no more than it runs
