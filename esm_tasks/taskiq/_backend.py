@@ -82,7 +82,17 @@ class TaskiqBackend:
         if scheme in ("amqp", "amqps"):
             from ._rabbitmq import QueueBroker
 
-            broker = QueueBroker(url, queue=queue, max_deliveries=max_deliveries)
+            # Within the startup's own deadline (send_timeout), so that a broker that takes
+            # the connection and never answers fails the attempt rather than cancels it.
+            send_timeout = options.get("send_timeout", 2.0)
+            broker = QueueBroker(
+                url,
+                queue=queue,
+                max_deliveries=max_deliveries,
+                connect_timeout=0.75 * send_timeout
+                if isinstance(send_timeout, (int, float))
+                else 1.5,
+            )
         elif scheme in ("redis", "rediss"):
             from ._redis import StreamBroker
 

@@ -24,7 +24,13 @@ class QueueBroker(AioPikaBroker):
     """
 
     def __init__(
-        self, url: str, *, queue: str = "esm_tasks", max_deliveries: int = 5, prefetch: int = 1
+        self,
+        url: str,
+        *,
+        queue: str = "esm_tasks",
+        max_deliveries: int = 5,
+        prefetch: int = 1,
+        connect_timeout: float = 1.5,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
@@ -41,6 +47,10 @@ class QueueBroker(AioPikaBroker):
             dead_letter_queue=Queue(name=self.dead, type=QueueType.CLASSIC),
             # Named, so that an operator sees whose connection is whose.
             client_properties={"connection_name": f"esm_tasks {queue}"},
+            # Each connection attempt, its AMQP handshake included, gives up by itself: a
+            # first attempt cancelled from outside instead leaves aio-pika's robust connection
+            # reconnecting forever, out of anyone's reach, and its loop unable to end.
+            timeout=connect_timeout,
         )
         self.queue = queue
 
