@@ -82,17 +82,7 @@ class TaskiqBackend:
         if scheme in ("amqp", "amqps"):
             from ._rabbitmq import QueueBroker
 
-            # Within the startup's own deadline (send_timeout), so that a broker that takes
-            # the connection and never answers fails the attempt rather than cancels it.
-            send_timeout = options.get("send_timeout", 2.0)
-            broker = QueueBroker(
-                url,
-                queue=queue,
-                max_deliveries=max_deliveries,
-                connect_timeout=0.75 * send_timeout
-                if isinstance(send_timeout, (int, float))
-                else 1.5,
-            )
+            broker = QueueBroker(url, queue=queue, max_deliveries=max_deliveries)
         elif scheme in ("redis", "rediss"):
             from ._redis import StreamBroker
 
@@ -137,6 +127,11 @@ class TaskiqBackend:
             )
 
     async def _connect(self) -> None:
+        give_up_within = getattr(self.broker, "give_up_within", None)
+        if give_up_within is not None:
+            # esm_tasks' RabbitMQ broker: each connection attempt fails by itself before this
+            # deadline cancels it (a cancelled first attempt would reconnect forever).
+            give_up_within(0.75 * self.send_timeout)
         try:
             async with _within(self.send_timeout):
                 await self.broker.startup()

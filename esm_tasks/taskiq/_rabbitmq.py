@@ -80,6 +80,10 @@ class QueueBroker(AioPikaBroker):
         if rejected is not None and current is not None and current.cancelling():
             raise rejected  # a cancellation of the caller, not aiormq's: it stands
 
+    def give_up_within(self, seconds: float) -> None:
+        """Bound each connection attempt, its AMQP handshake included, to `seconds`."""
+        self._conn_kwargs["timeout"] = seconds
+
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""
         self._qos = runs
