@@ -165,6 +165,7 @@ async def test_testing_kit() -> None:
     await module.test_the_email_goes_out_after_the_response()
 
 
+@pytest.mark.timeout(180)  # a pytest run of its own, allowed 120 s
 def test_testing_fixtures() -> None:
     # Run the example as a user would: pytest collects it and the plugin gives the fixtures.
     import subprocess
@@ -307,6 +308,7 @@ async def test_openapi() -> None:
     assert module.outbox == ["signup counted", "audited", "welcome team@example.com"]
 
 
+@pytest.mark.timeout(180)  # a worker process, waited on for up to 60 s, then 30 s
 def test_scaling_out(tmp_path: pathlib.Path) -> None:
     environment = {**os.environ, "BROKER_QUEUE": f"esm-tasks-docs-{uuid.uuid4().hex[:12]}"}
     QUEUES.append(environment["BROKER_QUEUE"])
