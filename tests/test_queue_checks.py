@@ -91,6 +91,30 @@ def test_the_backend_refuses_what_is_not_a_broker_or_not_seconds() -> None:
             TaskiqBackend(broker, send_timeout=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("url", "options", "message"),
+    [
+        (URL, {"max_deliveries": 0}, "max_deliveries takes 1 or more, got 0"),
+        ("redis://127.0.0.1:6379/0", {"max_deliveries": 0}, "max_deliveries of 1 or more"),
+        ("redis://127.0.0.1:6379/0", {"claim_after": 0}, "claim_after and poll above 0"),
+    ],
+)
+def test_from_url_refuses_delivery_settings_that_make_no_sense(
+    url: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        TaskiqBackend.from_url(url, **options)
+
+
+@pytest.mark.anyio
+async def test_a_broker_not_started_says_so() -> None:
+    """Reading dead letters needs a started broker; before startup, one clear sentence."""
+    for url in (URL, "redis://127.0.0.1:6379/0"):
+        broker: Any = TaskiqBackend.from_url(url).broker
+        with pytest.raises(RuntimeError, match="not started"):
+            await broker.dead_letters()
+
+
 def _command() -> Callable[[list[str]], int]:
     """The `esm-tasks` console script, as installed."""
     (script,) = importlib.metadata.entry_points(group="console_scripts", name="esm-tasks")
