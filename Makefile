@@ -15,7 +15,7 @@ SWAGGER_UI := build/swagger-ui-dist@$(SWAGGER_UI_VERSION)/package/swagger-ui-bun
 # The diagrams' script the site's theme loads (mermaid 12), likewise.
 MERMAID := build/mermaid@12/package/dist/mermaid.min.js
 
-.PHONY: test test-browser lint run run-queue check bench soak soak-queue package docs docs-serve clean
+.PHONY: test test-pythons test-browser lint run run-queue check bench soak soak-queue package docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# With branch coverage of the package, in the workers and servers the tests start too; below
+# the floor in pyproject.toml ([tool.coverage.report] fail_under) the target fails.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
+
+# The suite on the other CPythons CI runs, each in .venv-<version>, its interpreter installed
+# once by scripts/python.sh. Those in PYTHONS must run; those in OPTIONAL_PYTHONS (Debian
+# unstable's, which come and go) are skipped, saying so in one line, when they cannot be had.
+PYTHONS          ?= 3.13
+OPTIONAL_PYTHONS ?= 3.14
+
+test-pythons:
+	@status=0; \
+	for version in $(PYTHONS); do \
+	  echo "== Python $$version"; scripts/test-python.sh $$version -q || status=1; \
+	done; \
+	for version in $(OPTIONAL_PYTHONS); do \
+	  echo "== Python $$version"; scripts/test-python.sh $$version -q; code=$$?; \
+	  if [ $$code -eq 3 ]; then echo "Python $$version cannot be had here; its run is skipped"; \
+	  elif [ $$code -ne 0 ]; then status=1; fi; \
+	done; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check esm_tasks tests docs_src bench tools
@@ -117,4 +137,4 @@ soak-queue: $(STAMP)
 	$(BIN)/python -m bench.soak_queue
 
 clean:
-	rm -rf $(VENV) build dist site .cache *.egg-info
+	rm -rf $(VENV) .venv-* build dist site .cache *.egg-info .coverage .coverage.*

@@ -12,7 +12,6 @@ import contextlib
 import contextvars
 import functools
 import math
-import sys
 import threading
 import time
 import types
@@ -260,11 +259,8 @@ def step_position() -> tuple[int, ...]:
 def task_in(
     context: contextvars.Context, coroutine: Coroutine[Any, Any, None]
 ) -> asyncio.Task[None]:
-    """A task running `coroutine` in `context` (before Python 3.11, in a copy of it)."""
-    loop = asyncio.get_running_loop()
-    if sys.version_info >= (3, 11):
-        return loop.create_task(coroutine, context=context)
-    return context.run(loop.create_task, coroutine)
+    """A task running `coroutine` in `context`."""
+    return asyncio.get_running_loop().create_task(coroutine, context=context)
 
 
 @contextlib.contextmanager

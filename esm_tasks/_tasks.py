@@ -26,7 +26,7 @@ from ._policy import DEFAULT_POLICY, POLICY_ATTRIBUTE, When, make_policy
 from ._task_dependencies import TaskDependencies, dependencies_of, plain_code
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 P = ParamSpec("P")
 

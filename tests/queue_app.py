@@ -75,7 +75,7 @@ async def with_dependency(who: str, via: Annotated[str, Depends(mailer)]) -> Non
 )
 async def create_order(number: int, tasks: BackgroundTasks) -> Response:
     order = Order(number=number, total=decimal.Decimal("9.90"))
-    when = datetime.datetime(2026, 11, 29, 8, 0, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2026, 11, 29, 8, 0, tzinfo=datetime.UTC)
     tasks.add_task(receipt, order, when, uuid.UUID(int=number))
     tasks.add_task(with_dependency, "ada")
     return Response({"number": number}, background=BackgroundTask(notify, "response"))

@@ -198,6 +198,8 @@ def serve(app: ASGIApp, lifespan: str = "off") -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+    # A server whose loop cannot end (a connection left reconnecting in it) fails the test.
+    assert not thread.is_alive(), "uvicorn did not stop within 30 s"
 
 
 @contextlib.asynccontextmanager

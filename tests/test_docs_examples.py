@@ -192,6 +192,7 @@ async def test_logs(task_log: list[logging.LogRecord]) -> None:
     assert succeeded.http_route == "/orders/{order:int}"  # type: ignore[attr-defined]
 
 
+@pytest.mark.timeout(180)  # a pytest run of its own, allowed 120 s
 def test_testing_fixtures() -> None:
     # Run the example as a user would: pytest collects it and the plugin gives the fixtures.
     import subprocess
@@ -340,6 +341,7 @@ async def test_openapi() -> None:
     assert module.outbox == ["signup counted", "audited", "welcome team@example.com"]
 
 
+@pytest.mark.timeout(180)  # a worker process, waited on for up to 60 s, then 30 s
 def test_scaling_out(tmp_path: pathlib.Path) -> None:
     environment = {**os.environ, "BROKER_QUEUE": f"esm-tasks-docs-{uuid.uuid4().hex[:12]}"}
     QUEUES.append(environment["BROKER_QUEUE"])

@@ -40,7 +40,7 @@ async def test_a_run_crosses_the_broker_in_order_and_its_arguments_keep_their_ty
     async with TestClient(app) as http:
         response = await http.post("/orders/7")
     assert (response.status_code, response.json()) == (200, {"number": 7})
-    when = datetime.datetime(2026, 11, 29, 8, 0, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2026, 11, 29, 8, 0, tzinfo=datetime.UTC)
     order = Order(number=7, total=decimal.Decimal("9.90"))
     assert queue_app.ran == [
         ("audit", "declared"),  # compensate is for errors: skipped

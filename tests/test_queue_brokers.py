@@ -30,6 +30,10 @@ from esm_tasks.taskiq import TaskiqBackend
 from .support import QUEUES, forged_run, serve
 
 ROOT = pathlib.Path(__file__).parent.parent
+# Each test starts workers and servers and waits on them, with deadlines of its own of up to
+# 120 s: a longer limit than the suite's 60 s (pyproject.toml).
+pytestmark = pytest.mark.timeout(300)
+
 BROKERS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
     "redis": "redis://127.0.0.1:6379/0",

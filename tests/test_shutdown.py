@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 DEADLINE = 60.0
+# A uvicorn process per test, waited on more than once with DEADLINE: longer than the suite's 60 s.
+pytestmark = pytest.mark.timeout(240)
 
 
 def _serve(env: dict[str, str], *options: str) -> tuple[subprocess.Popen[str], str]:

@@ -2,7 +2,6 @@
 
 import functools
 import logging
-import sys
 import threading
 
 import anyio
@@ -243,9 +242,6 @@ def test_collection_rejects_what_is_not_a_task() -> None:
         BackgroundTasks([3])  # type: ignore[list-item]
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="before 3.11 asyncio cannot tell who cancelled a task"
-)
 async def test_a_task_raising_cancelled_error_itself_is_a_logged_failure(
     task_log: list[logging.LogRecord],
 ) -> None:

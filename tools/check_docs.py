@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import tomllib
 from collections.abc import Iterator
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Zensical depends on tomli where tomllib is missing
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

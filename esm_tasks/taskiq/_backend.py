@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
-import anyio
 from lilya.background import Task
 from pydantic import ValidationError
 from taskiq import AsyncBroker
@@ -31,15 +29,8 @@ from ._screening import named, summary
 
 TASK_NAME = "esm_tasks.run"
 
-if sys.version_info >= (3, 11):
-    # taskiq runs on asyncio, whose own deadline costs half of anyio's on every send.
-    _within = asyncio.timeout
-else:
-
-    @contextlib.asynccontextmanager
-    async def _within(seconds: float) -> AsyncIterator[None]:
-        with anyio.fail_after(seconds):
-            yield
+# taskiq runs on asyncio, whose own deadline costs half of anyio's on every send.
+_within = asyncio.timeout
 
 
 _RETRY_AFTER = 1.0  # seconds between attempts to connect from a serving process

@@ -14,7 +14,7 @@ import aiormq
 import aiormq.exceptions
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
-from taskiq import AckableMessage
+from taskiq import AckableMessage, AsyncBroker
 from taskiq.utils import maybe_awaitable
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exceptions import NoStartupError
@@ -93,7 +93,13 @@ class QueueBroker(AioPikaBroker):
     """
 
     def __init__(
-        self, url: str, *, queue: str = "esm_tasks", max_deliveries: int = 5, prefetch: int = 1
+        self,
+        url: str,
+        *,
+        queue: str = "esm_tasks",
+        max_deliveries: int = 5,
+        prefetch: int = 1,
+        connect_timeout: float = 5.0,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries takes 1 or more, got {max_deliveries!r}")
@@ -115,6 +121,10 @@ class QueueBroker(AioPikaBroker):
             # Named, so that an operator sees whose connection is whose.
             client_properties={"connection_name": f"esm_tasks {queue}"},
             connection_class=_tracked(self._connections),
+            # Each connection attempt, its AMQP handshake included, gives up by itself: a
+            # first attempt cancelled from outside instead leaves aio-pika's robust connection
+            # reconnecting forever, out of anyone's reach, and its loop unable to end.
+            timeout=connect_timeout,
         )
         self.queue = queue
         self._consumed: AbstractQueue | None = None
@@ -150,12 +160,6 @@ class QueueBroker(AioPikaBroker):
     def _back(self, connection: Any) -> None:
         self.outage.ended()
 
-    async def shutdown(self) -> None:
-        try:
-            await super().shutdown()
-        finally:
-            await self._close_all()
-
     async def _close_all(self) -> None:
         self._closing = True
         connections, self._connections[:] = list(self._connections), []
@@ -164,6 +168,34 @@ class QueueBroker(AioPikaBroker):
                 await connection.close()
         self.write_conn = self.read_conn = None
         self.write_channel = self.read_channel = None
+
+    async def shutdown(self) -> None:
+        """Close both channels and both connections, whatever each close raises.
+
+        taskiq-aio-pika's own shutdown stops at the first close that raises, and a channel's
+        close raises when the broker dropped its connection a moment before (aiormq then
+        rejects the close's own call with CancelledError). A connection left open goes on
+        past its event loop: its close callbacks are destroyed pending when the loop ends,
+        and aiormq's `FutureStore.reject_all` is never awaited.
+        """
+        self._closing = True  # what closes from now on is no outage
+        await AsyncBroker.shutdown(self)  # taskiq's part: its shutdown handlers, result backend
+        parts = (self.write_channel, self.read_channel, self.write_conn, self.read_conn)
+        self.write_channel = self.read_channel = self.write_conn = self.read_conn = None
+        rejected: asyncio.CancelledError | None = None
+        for part in parts:
+            if part is None or part.is_closed:
+                continue
+            try:
+                await part.close()
+            except asyncio.CancelledError as error:
+                rejected = error  # aiormq's, or ours: the rest is closed first either way
+            except Exception as error:
+                logger.debug("closing %r raised %r; the rest is closed all the same", part, error)
+        await self._close_all()  # and any other it made: a failed attempt's, reconnecting
+        current = asyncio.current_task()
+        if rejected is not None and current is not None and current.cancelling():
+            raise rejected  # a cancellation of the caller, not aiormq's: it stands
 
     def serve_at_most(self, runs: int) -> None:
         """Hold at most `runs` messages at once: a worker's concurrency."""
