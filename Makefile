@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 # the floor in pyproject.toml ([tool.coverage.report] fail_under) the target fails.
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
+	@# The floor (pyproject.toml), checked on the combined data of the run and its subprocesses.
+	$(BIN)/python -m coverage report --format=total
 
 # The suite on the other CPythons CI runs, each in .venv-<version>, its interpreter installed
 # once by scripts/python.sh. Those in PYTHONS must run; those in OPTIONAL_PYTHONS (Debian

@@ -233,3 +233,13 @@ async def test_the_documented_example() -> None:
         ("tags", "header", False),
         ("traceparent", "header", False),
     ]
+
+
+def test_a_header_marker_says_what_it_reads_and_refuses_a_blank_alias() -> None:
+    assert repr(Header()) == "Header()"
+    assert repr(Header("en", alias="Accept-Language", convert_underscores=False)) == (
+        "Header('en', alias='Accept-Language', convert_underscores=False)"
+    )
+    for alias in ("", "   ", 7):
+        with pytest.raises(TypeError, match=r"Header\(alias=\.\.\.\) takes a header name"):
+            Header(alias=alias)  # type: ignore[arg-type]

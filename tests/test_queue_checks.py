@@ -122,13 +122,17 @@ def _command() -> Callable[[list[str]], int]:
     return main
 
 
-def test_the_worker_command_refuses_a_negative_shutdown_timeout(
+def test_the_worker_command_refuses_negative_timeouts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        _command()(["worker", "tests.queue_app:create_order", "--shutdown-timeout", "-1"])
-    assert exited.value.code == 2
-    assert "--shutdown-timeout takes seconds, 0 or more" in capsys.readouterr().err
+    for option, said in [
+        ("--shutdown-timeout", "--shutdown-timeout takes seconds, 0 or more"),
+        ("--start-timeout", "--start-timeout takes seconds, 0 or more"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            _command()(["worker", "tests.queue_app:create_order", option, "-1"])
+        assert exited.value.code == 2
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
