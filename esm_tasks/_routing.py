@@ -200,7 +200,7 @@ class _Endpoint:
             self._seen(scope, sent, steps)
             return response, (), None
         if backend.strict:  # the request failed: only its error tasks run, here
-            return _unavailable(delivery), steps, sent
+            return _unavailable(delivery, settings.idempotency_secret is not None), steps, sent
         return response, steps, sent  # it runs here, after the response, as it used to
 
     async def handle(
@@ -386,15 +386,16 @@ class _SendsRunFirst:
 RUN_HEADER = "ESM-Tasks-Run"  # strict mode's 503: "may-be-delivered" or "not-delivered"
 
 
-def _unavailable(delivery: Delivery) -> LilyaResponse:
+def _unavailable(delivery: Delivery, keyed: bool) -> LilyaResponse:
     """Strict mode's answer when the broker did not take the run: try again later. Its
     `ESM-Tasks-Run` header says whether the broker may have the run yet (the send timed out:
-    it may still run) or certainly does not (refused: it will not)."""
+    it may still run) or certainly does not (refused: it will not). `keyed`: whether the app
+    has an idempotency secret, without which an Idempotency-Key header changes nothing, so
+    the answer does not advise one."""
     if delivery is Delivery.MAY_BE_DELIVERED:
-        detail = (
-            "the broker did not confirm the request's tasks in time and may still run them; "
-            "retry with the same Idempotency-Key header to keep their idempotency keys"
-        )
+        detail = "the broker did not confirm the request's tasks in time and may still run them"
+        if keyed:
+            detail += "; retry with the same Idempotency-Key header to keep their idempotency keys"
     else:
         detail = "the request's tasks could not be queued; try again later"
     return JSONResponse(
@@ -418,7 +419,11 @@ def _fix_run_id(run: Run, scope: Scope, settings: Settings) -> None:
     if key is None:
         return
     if settings.idempotency_secret is not None:
-        run.run_id = run_id_for(settings.idempotency_secret, run.method, run.route, key)
+        # The concrete path (whole, as the server gave it, Includes' prefixes too), not the
+        # route's template: /orders/1/pay and /orders/2/pay are two resources, and a key
+        # reused for both must not make their runs one.
+        query = scope.get("query_string", b"")
+        run.run_id = run_id_for(settings.idempotency_secret, run.method, run.path, query, key)
     elif not settings.ignored_idempotency_key:
         settings.ignored_idempotency_key = True
         logger.warning(
