@@ -96,7 +96,8 @@ def one_broker(name: str, args: argparse.Namespace) -> dict[str, int]:
                 loading.join()
                 secret = queue_delivery_app.SECRET.encode()
                 expected = {
-                    run_id_for(secret, "POST", "/runs/{request}", key.encode()) for key in answered
+                    run_id_for(secret, "POST", f"/runs/{key}", b"", key.encode())
+                    for key in answered
                 }
                 end = time.monotonic() + 120
                 while time.monotonic() < end:  # until every answered run ran on the worker

@@ -66,11 +66,17 @@ class QueueBackend(Destination, Protocol):
         """Raise TypeError, naming the task and `where`, unless the steps can be sent."""
 
     async def send(
-        self, steps: Steps, run: Run, context: contextvars.Context | None = None
+        self,
+        steps: Steps,
+        run: Run,
+        context: contextvars.Context | None = None,
+        *,
+        runs_here: bool | None = None,
     ) -> Delivery:
         """Hand the run to the broker; unless it was `SENT`, with a WARNING, whether the broker
         may have it yet. `context`: the request's, when the run was handed over (its trace goes
-        along)."""
+        along). `runs_here`: whether a run the broker did not take runs in this process (the
+        WARNING says so); by default, unless strict mode answers 503 instead."""
 
     async def startup(self) -> None: ...
 

@@ -1,9 +1,12 @@
 """A request's `Idempotency-Key` header fixes its run's id, so that a client's retry, and a run
 the broker delivers after a send that timed out, give their tasks the same idempotency keys.
 
-The id is an HMAC of the app's secret over the method, the route's template and the key: a
-client cannot choose another request's id by choosing its key, and the same key sent to two
-routes makes two runs.
+The id is an HMAC of the app's secret over the method, the request's concrete path, its query
+string and the key: a client cannot choose another request's id by choosing its key, and the
+same key sent to two resources (`/orders/1/pay` and `/orders/2/pay`, which share a route) or
+to two routes makes two runs. The query string counts because it can name what a request acts
+on (`/pay?order=2`) as much as its path does; a client's retry sends the same URL, so it keeps
+its run id.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def invalid(key: bytes) -> str | None:
     return None
 
 
-def run_id_for(secret: bytes, method: str, route: str, key: bytes) -> str:
-    """The run id of a request to `method` `route` (its template) with this key."""
-    message = b"\0".join((method.encode(), route.encode(), key))
+def run_id_for(secret: bytes, method: str, path: str, query: bytes, key: bytes) -> str:
+    """The run id of a request to `method` `path` (as requested, not its route's template),
+    with this query string and key."""
+    message = b"\0".join((method.encode(), path.encode(), query, key))
     return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]

@@ -140,18 +140,19 @@ class _Endpoint:
         here: Run | None = None
         early: _SendsRunFirst | None = None
         backend = settings.backend
+        watcher = observer.get()
         if (
             steps
             and backend is not None
             and backend.send_before_response
-            and observer.get() is None
+            and (watcher is None or not watcher.capture)
         ):
             # The run is on the broker before the client has the whole response, so that a
-            # crash of this process after that loses nothing (unless the testing kit watches:
-            # it sees and holds runs at the handover). A body made as it is sent is whole, and
-            # the run's outcome known, only at its last chunk (strict mode cannot wait so long:
-            # it may answer 503 instead).
-            if isinstance(response, MADE_WHILE_SENT) and not backend.strict:
+            # crash of this process after that loses nothing (the testing kit's capture holds
+            # runs instead, unsent). A body made as it is sent is whole, and the run's outcome
+            # known, only at its last chunk; its status line is out by then, so it is too late
+            # for strict mode's 503: a run the broker does not take there runs here.
+            if isinstance(response, MADE_WHILE_SENT):
                 run = self._run(scope, settings, steps, (response.status_code or 200) >= 500)
                 send = early = _SendsRunFirst(send, backend, steps, run)
             else:
@@ -170,6 +171,7 @@ class _Endpoint:
         finally:
             if early is not None and early.delivery is not None:
                 if early.delivery is Delivery.SENT:
+                    self._seen(scope, early.run, steps)
                     steps = ()
                 else:
                     here = early.run
@@ -195,9 +197,10 @@ class _Endpoint:
         sent = self._run(scope, settings, steps, (response.status_code or 200) >= 500)
         delivery = await backend.send(steps, sent)
         if delivery is Delivery.SENT:
+            self._seen(scope, sent, steps)
             return response, (), None
         if backend.strict:  # the request failed: only its error tasks run, here
-            return _unavailable(delivery), steps, sent
+            return _unavailable(delivery, settings.idempotency_secret is not None), steps, sent
         return response, steps, sent  # it runs here, after the response, as it used to
 
     async def handle(
@@ -305,6 +308,13 @@ class _Endpoint:
         else:
             await destination_of(run).take(steps, run, None)
 
+    def _seen(self, scope: Scope, run: Run, steps: tuple[Task, ...]) -> None:
+        """Tell the testing kit, if it watches, of a run the broker took: it lists its tasks
+        as it does those of a run that stays here."""
+        watcher = observer.get()
+        if watcher is not None:
+            watcher.scheduled(run, self._labelled(scope, steps))
+
     def _run(
         self,
         scope: Scope,
@@ -368,22 +378,24 @@ class _SendsRunFirst:
             and message["type"] == "http.response.body"
             and not message.get("more_body", False)
         ):
-            self.delivery = await self.backend.send(self.steps, self.run)
+            # The status line is out: a run the broker does not take runs here, strict or not.
+            self.delivery = await self.backend.send(self.steps, self.run, runs_here=True)
         await self.send(message)
 
 
 RUN_HEADER = "ESM-Tasks-Run"  # strict mode's 503: "may-be-delivered" or "not-delivered"
 
 
-def _unavailable(delivery: Delivery) -> LilyaResponse:
+def _unavailable(delivery: Delivery, keyed: bool) -> LilyaResponse:
     """Strict mode's answer when the broker did not take the run: try again later. Its
     `ESM-Tasks-Run` header says whether the broker may have the run yet (the send timed out:
-    it may still run) or certainly does not (refused: it will not)."""
+    it may still run) or certainly does not (refused: it will not). `keyed`: whether the app
+    has an idempotency secret, without which an Idempotency-Key header changes nothing, so
+    the answer does not advise one."""
     if delivery is Delivery.MAY_BE_DELIVERED:
-        detail = (
-            "the broker did not confirm the request's tasks in time and may still run them; "
-            "retry with the same Idempotency-Key header to keep their idempotency keys"
-        )
+        detail = "the broker did not confirm the request's tasks in time and may still run them"
+        if keyed:
+            detail += "; retry with the same Idempotency-Key header to keep their idempotency keys"
     else:
         detail = "the request's tasks could not be queued; try again later"
     return JSONResponse(
@@ -407,7 +419,11 @@ def _fix_run_id(run: Run, scope: Scope, settings: Settings) -> None:
     if key is None:
         return
     if settings.idempotency_secret is not None:
-        run.run_id = run_id_for(settings.idempotency_secret, run.method, run.route, key)
+        # The concrete path (whole, as the server gave it, Includes' prefixes too), not the
+        # route's template: /orders/1/pay and /orders/2/pay are two resources, and a key
+        # reused for both must not make their runs one.
+        query = scope.get("query_string", b"")
+        run.run_id = run_id_for(settings.idempotency_secret, run.method, run.path, query, key)
     elif not settings.ignored_idempotency_key:
         settings.ignored_idempotency_key = True
         logger.warning(

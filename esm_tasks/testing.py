@@ -6,7 +6,9 @@
         await client.run_scheduled()                                # now it is
 
 `SyncTestClient` does the same for plain `def` tests. Without `capture`, tasks run as in
-production, inside the request's ASGI call, so each request returns with its tasks done.
+production, inside the request's ASGI call, so each request returns with its tasks done; with
+a queue backend, each run is sent to the broker as a server sends it (before the response,
+strict mode's 503 included), and listed. With `capture`, runs are held, never sent.
 Used as a context manager, either client runs the app's lifespan around its requests.
 Needs httpx (`pip install esm-tasks[testing]`).
 """

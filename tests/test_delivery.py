@@ -108,6 +108,50 @@ async def test_a_streamed_body_that_fails_part_way_sends_its_error_tasks_after_i
     assert keys == []
 
 
+async def test_strict_mode_sends_a_streamed_body_s_run_at_its_last_chunk() -> None:
+    keys.clear()
+    events = streamed_events
+    events.clear()
+    reply = await drive(_app(_Recording(events), strict=True), "POST", "/streamed", events)
+    assert (reply.status, reply.body) == (200, b"onetwo")
+    # As in the default: the status line is out before the body is whole, so the run goes
+    # at the last chunk, once its outcome is known.
+    assert events == ["response started", "chunk", "chunk", "on the broker", "body sent"]
+    assert len(keys) == 1
+
+
+async def test_strict_mode_runs_only_the_error_tasks_of_a_body_that_fails_part_way() -> None:
+    keys.clear()
+    events = streamed_events
+    events.clear()
+    try:
+        await drive(_app(_Recording(events), strict=True), "POST", "/streamed-fails", events)
+    except Exception as raised:  # re-raised to the server, in the task group Lilya streams in
+        failure = raised
+    else:
+        pytest.fail("the body's failure did not reach the server")
+    assert "the body failed" in repr(getattr(failure, "exceptions", [failure]))
+    # Nothing went before the body failed; the failed request's run goes after it, and only
+    # its error task runs: the success task ran nowhere.
+    assert events == ["response started", "chunk", "on the broker", "on the broker", "error task"]
+    assert keys == []
+
+
+async def test_strict_mode_runs_a_streamed_body_s_refused_run_here_with_a_warning(
+    task_log: list[logging.LogRecord],
+) -> None:
+    keys.clear()
+    events = streamed_events
+    events.clear()
+    reply = await drive(_app(_Refusing(), strict=True), "POST", "/streamed", events)
+    # The status line was out before the broker refused: too late for a 503. Lost: nothing,
+    # the run ran in this process.
+    assert (reply.status, reply.body) == (200, b"onetwo")
+    assert len(keys) == 1
+    [warning] = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert "the broker does not have it; it runs in this process instead" in warning
+
+
 async def test_sending_after_the_response_stays_possible() -> None:
     events = Events()
     app = _app(_Recording(events), send_before_response=False)

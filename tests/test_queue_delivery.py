@@ -114,7 +114,8 @@ def _wait_for(
 
 
 def _run_id(key: str) -> str:
-    return run_id_for(queue_delivery_app.SECRET.encode(), "POST", ROUTE, key.encode())
+    path = ROUTE.format(request=key)  # the requested path, as the run id is made of it
+    return run_id_for(queue_delivery_app.SECRET.encode(), "POST", path, b"", key.encode())
 
 
 def _runs(found: list[list[str]]) -> dict[str, set[str]]:

@@ -303,7 +303,12 @@ class TaskiqBackend:
             await run.release()  # the worker cannot use what the request opened: it closes now
 
     async def send(
-        self, steps: Steps, run: Run, context: contextvars.Context | None = None
+        self,
+        steps: Steps,
+        run: Run,
+        context: contextvars.Context | None = None,
+        *,
+        runs_here: bool | None = None,
     ) -> Delivery:
         where = f"{run.method} {run.path} [request {run.request_id}]"
         written = False  # whether the broker may have been given the run
@@ -341,7 +346,9 @@ class TaskiqBackend:
                 "the broker may have it yet"
                 if delivery is Delivery.MAY_BE_DELIVERED
                 else "the broker does not have it",
-                "" if self.strict else "; it runs in this process instead",
+                "; it runs in this process instead"
+                if (not self.strict if runs_here is None else runs_here)
+                else "",
             )
             return delivery
         return Delivery.SENT
