@@ -138,7 +138,7 @@ async def test_quickstart() -> None:
     async with TestClient(module.app) as http:
         response = await http.post("/users/ada@example.com")
     assert (response.status_code, response.json()) == (201, {"created": "ada@example.com"})
-    assert module.sent == ["admins told about new signup", "welcome ada@example.com"]
+    assert module.sent == ["admins told: new signup", "welcome ada@example.com"]
 
 
 @pytest.mark.parametrize(
@@ -388,9 +388,9 @@ async def test_idempotency() -> None:
 async def test_observability() -> None:
     module = example("observability")
     async with TestClient(module.app) as http:
-        await http.post("/users/ada@example.com")
+        await http.post("/users/grace@example.com")
         exposed = (await http.get("/metrics")).text
-    assert module.sent == ["ada@example.com"]
+    assert module.sent == ["grace@example.com"]  # the address the path gave
     assert (
         'esm_tasks_tasks_total{outcome="succeeded",route="/users/{email}",task="send_welcome"} 1.0'
         in exposed
