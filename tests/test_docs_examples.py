@@ -213,7 +213,7 @@ def test_testing_fixtures() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout
 
 
 async def test_from_esmerald() -> None:

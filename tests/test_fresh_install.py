@@ -76,8 +76,8 @@ def test_the_testing_examples_in_a_projects_tests_under_plain_pytest(
     tmp_path: pathlib.Path,
 ) -> None:
     bin_ = fresh_venv(tmp_path, f"{ROOT}[testing]", "pytest")
-    project = project_with(tmp_path, "testing_kit", "testing_sync")
-    assert "4 passed" in pytest_in(project, python=str(bin_ / "python"))
+    project = project_with(tmp_path, "testing_kit", "testing_sync", "testing_fixtures")
+    assert "6 passed" in pytest_in(project, python=str(bin_ / "python"))
 
 
 def test_the_observability_example_with_the_extras_its_page_names(
