@@ -363,7 +363,7 @@ def test_scaling_out(tmp_path: pathlib.Path) -> None:
             while "receipt for order 1" not in log.read_text():
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
-        assert "welcome declared on the route" in log.read_text()
+        assert "admins told: new signup" in log.read_text()
     finally:
         os.environ.pop("BROKER_QUEUE", None)
         worker.send_signal(signal.SIGTERM)
