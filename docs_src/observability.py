@@ -9,7 +9,7 @@ from lilya.contrib.opentelemetry.middleware import OpenTelemetryMiddleware
 from lilya.middleware import DefineMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from esm_tasks import App, BackgroundTask, Response, get, post
+from esm_tasks import App, BackgroundTasks, Response, get, post
 
 registry = CollectorRegistry()  # or metrics=True: prometheus-client's default registry
 sent: list[str] = []
@@ -19,8 +19,9 @@ async def send_welcome(email: str) -> None:
     sent.append(email)  # its span: "task send_welcome", a child of "HTTP POST"
 
 
-@post("/users/{email}", background=BackgroundTask(send_welcome, "ada@example.com"))
-async def create_user(email: str) -> dict[str, str]:
+@post("/users/{email}")
+async def create_user(email: str, tasks: BackgroundTasks) -> dict[str, str]:
+    tasks.add_task(send_welcome, email)  # to the address the path gives
     return {"created": email}
 
 

@@ -9,8 +9,8 @@ async def send_welcome(email: str) -> None:
     sent.append(f"welcome {email}")
 
 
-def notify_admins(email: str) -> None:
-    sent.append(f"admins told about {email}")
+def notify_admins(event: str) -> None:
+    sent.append(f"admins told: {event}")
 
 
 @post("/users/{email}", background=BackgroundTask(notify_admins, "new signup"))

@@ -13,15 +13,15 @@ from esm_tasks.taskiq import TaskiqBackend
 log = logging.getLogger("esm_tasks.example")
 
 
-async def send_welcome(email: str) -> None:
-    log.info("welcome %s", email)
+async def notify_admins(event: str) -> None:
+    log.info("admins told: %s", event)
 
 
 async def send_receipt(email: str, order: int) -> None:
     log.info("receipt for order %d to %s", order, email)
 
 
-@post("/users/{email}", background=BackgroundTask(send_welcome, "declared on the route"))
+@post("/users/{email}", background=BackgroundTask(notify_admins, "new signup"))
 async def create_user(email: str, tasks: BackgroundTasks) -> dict[str, str]:
     tasks.add_task(send_receipt, email, 1)  # added at run time: registered below
     return {"created": email}

@@ -2,19 +2,33 @@
 
 import pytest
 
+from esm_tasks import App, BackgroundTasks, post
 from esm_tasks.testing import TestClient
 
-from .testing_kit import app as registration_app
-from .testing_kit import send_email
+outbox: list[str] = []
 
-pytestmark = pytest.mark.anyio  # the fixtures are for async tests
+
+async def send_email(to: str, subject: str) -> None:
+    outbox.append(f"{subject} -> {to}")
+
+
+@post("/register/{email}")
+async def register(email: str, tasks: BackgroundTasks) -> dict[str, str]:
+    tasks.add_task(send_email, to=email, subject="Welcome")
+    return {"registered": email}
 
 
 @pytest.fixture
-def app():  # type: ignore[no-untyped-def]
-    return registration_app
+def app() -> App:  # in your project: return your app, imported from your package
+    return App(routes=[register])
 
 
 async def test_with_the_capture_fixture(task_capture: TestClient) -> None:
     await task_capture.post("/register/ada@example.com")
-    task_capture.assert_scheduled(send_email, to="ada@example.com")
+    task_capture.assert_scheduled(send_email, to="ada@example.com", subject="Welcome")
+    assert "Welcome -> ada@example.com" not in outbox  # held, not sent
+
+
+async def test_with_the_client_fixture(task_client: TestClient) -> None:
+    await task_client.post("/register/grace@example.com")  # its tasks run, as in production
+    assert "Welcome -> grace@example.com" in outbox

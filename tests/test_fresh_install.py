@@ -5,6 +5,8 @@ pip's cache, or the index), and the example copied out of the repository as a us
 from __future__ import annotations
 
 import pathlib
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -34,8 +36,20 @@ def fresh_venv(tmp_path: pathlib.Path, *requirements: str) -> pathlib.Path:
     return venv / "bin"
 
 
+def quick_start_install() -> list[str]:
+    """What the quick start tells a user to install, in the clone: the same on both pages."""
+    pattern = re.compile(r"^\$ pip install ([^#\n]*?)\s*(?:#.*)?$", re.MULTILINE)
+    pages = [ROOT / "docs" / "index.md", ROOT / "README.md"]
+    commands = [pattern.findall(page.read_text().split("## Quick start", 1)[1]) for page in pages]
+    assert commands[0] == commands[1], commands
+    assert len(commands[0]) == 1, commands
+    return [str(ROOT) if word == "." else word for word in shlex.split(commands[0][0])]
+
+
 def test_the_quick_start_under_uvicorn(tmp_path: pathlib.Path) -> None:
-    bin_ = fresh_venv(tmp_path, str(ROOT), "uvicorn")
+    install = quick_start_install()
+    assert "uvicorn" in install  # the page serves the example with it
+    bin_ = fresh_venv(tmp_path, *install)
     project = tmp_path / "project"
     (project / "docs_src").mkdir(parents=True)
     shutil.copy(ROOT / "docs_src" / "quickstart.py", project / "docs_src" / "quickstart.py")
@@ -62,8 +76,8 @@ def test_the_testing_examples_in_a_projects_tests_under_plain_pytest(
     tmp_path: pathlib.Path,
 ) -> None:
     bin_ = fresh_venv(tmp_path, f"{ROOT}[testing]", "pytest")
-    project = project_with(tmp_path, "testing_kit", "testing_sync")
-    assert "4 passed" in pytest_in(project, python=str(bin_ / "python"))
+    project = project_with(tmp_path, "testing_kit", "testing_sync", "testing_fixtures")
+    assert "6 passed" in pytest_in(project, python=str(bin_ / "python"))
 
 
 def test_the_observability_example_with_the_extras_its_page_names(

@@ -206,7 +206,7 @@ def test_a_server_started_with_its_broker_stalled_shares_one_connection_attempt(
                 return anyio.run(requests, prefix)
 
             assert burst("down") == [201] * 40
-            # Each run is sent after its response: they wait on the attempt to connect for
+            # Each run is sent before its response: they wait on the attempt to connect for
             # the send timeout, then run here.
             wait_for(lambda: len(ran(environment)) == 40, "the runs to fall back")
             during = proxy.connections

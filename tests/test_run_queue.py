@@ -34,7 +34,7 @@ def test_make_run_queue_takes_either_broker(broker: str, tmp_path: pathlib.Path)
         response = httpx.post(f"http://127.0.0.1:{port}/users/ada@example.com", timeout=30)
         assert response.json() == {"created": "ada@example.com"}
         text = wait_for(log.read_text, "receipt for order 1 to ada@example.com")
-        assert "welcome declared on the route" in text
+        assert "admins told: new signup" in text
         expected = "QueueBroker" if broker == "rabbitmq" else "StreamBroker"
         assert f"worker taking runs from {expected}" in text
     finally:

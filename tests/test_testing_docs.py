@@ -35,9 +35,10 @@ def pytest_in(project: pathlib.Path, python: str = sys.executable) -> str:
 def test_the_examples_copied_into_a_projects_tests_pass_under_plain_pytest(
     tmp_path: pathlib.Path,
 ) -> None:
-    # testing_kit's tests are async and unmarked: esm_tasks' pytest plugin runs them.
-    output = pytest_in(project_with(tmp_path, "testing_kit", "testing_sync"))
-    assert "4 passed" in output
+    # testing_kit's and testing_fixtures' tests are async and unmarked: esm_tasks' pytest
+    # plugin runs them, and gives the fixtures.
+    output = pytest_in(project_with(tmp_path, "testing_kit", "testing_sync", "testing_fixtures"))
+    assert "6 passed" in output
 
 
 def test_the_plugin_leaves_async_tests_that_do_not_use_esm_tasks_alone(

@@ -8,12 +8,18 @@ import difflib
 import importlib
 import pathlib
 import re
+import shlex
+import time
+import urllib.parse
 from types import ModuleType
 
 import anyio
+import httpx
 import pytest
 
 from esm_tasks.testing import TestClient
+
+from .test_logs import uvicorn
 
 ROOT = pathlib.Path(__file__).parent.parent
 STEPS = sorted((ROOT / "docs_src" / "tutorial").glob("step*.py"), key=lambda p: int(p.stem[4:]))
@@ -216,3 +222,44 @@ def test_each_page_highlights_what_its_step_adds() -> None:
     assert len(STEPS) == 8
     for number, page in PAGES.items():
         assert highlighted(page, number) == changed(number), f"step {number} on {page}"
+
+
+SERVED = re.compile(
+    r"```text\n\$ uvicorn (docs_src\.tutorial\.step\d):app\n\$ (curl [^\n]*)\n([^\n]*)\n```"
+    r".*?```text\n(.*?)```",
+    re.DOTALL,
+)
+
+
+@pytest.mark.parametrize("number", range(1, 9))
+def test_each_step_served_answers_the_pages_curl_and_logs_the_tasks_it_shows(
+    number: int, tmp_path: pathlib.Path
+) -> None:
+    page = "first-task.md" if number == 1 else PAGES[number]
+    found = SERVED.search((ROOT / "docs" / "tutorial" / page).read_text())
+    assert found, f"docs/tutorial/{page} does not show how to serve and call its step"
+    target, curl, answer, shown = found.groups()
+    assert target == f"docs_src.tutorial.step{number}"
+    words = shlex.split(curl)
+    assert words[:3] == ["curl", "-X", "POST"], curl
+    url = urllib.parse.urlsplit("http://" + words[3])
+    headers = {
+        name.strip(): value.strip()
+        for flag, header in zip(words[4::2], words[5::2], strict=True)
+        if flag == "-H"
+        for name, _, value in [header.partition(":")]
+    }
+    tasks = re.findall(r"task (\w+) succeeded", shown)
+    assert tasks, f"docs/tutorial/{page} shows no task's line"
+    log = tmp_path / "uvicorn.log"
+    with uvicorn(f"{target}:app", log) as served:
+        response = httpx.post(f"{served}{url.path}?{url.query}", headers=headers, timeout=30)
+        assert response.text == answer
+        # Every task the page shows logs its success line once it has run.
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"task \w+ succeeded", log.read_text())) < len(tasks):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    ran = re.findall(r"task (\w+) succeeded", log.read_text())
+    assert sorted(ran) == sorted(tasks), log.read_text()
+    assert ran[:-2] == tasks[:-2], log.read_text()  # a group's two members may swap

@@ -1,5 +1,7 @@
 """The tutorial's app, step 1: a task declared on the route, and one added by the handler."""
 
+import logging
+
 from esm_tasks import App, BackgroundTask, BackgroundTasks, post
 
 outbox: list[str] = []  # stands in for the mail server and the warehouse
@@ -20,3 +22,6 @@ async def place_order(order: int, email: str, tasks: BackgroundTasks) -> dict[st
 
 
 app = App(routes=[place_order])
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

@@ -1,5 +1,7 @@
 """The tutorial's app, step 2: every way to declare a task, in one request."""
 
+import logging
+
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Response, post
 
 outbox: list[str] = []  # stands in for the mail server and the warehouse
@@ -45,3 +47,6 @@ async def place_order(order: int, email: str, tasks: BackgroundTasks, res: Respo
 
 
 app = App(routes=[place_order])
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

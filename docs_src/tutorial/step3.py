@@ -1,5 +1,7 @@
 """The tutorial's app, step 3: tasks for the whole app and for a group of routes."""
 
+import logging
+
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Include, Response, post
 
 outbox: list[str] = []  # stands in for the mail server and the warehouse
@@ -56,3 +58,6 @@ app = App(
     routes=[Include("/shop", routes=[place_order], background=log_shop_visit)],
     background=update_stats,  # after every response of every route, first
 )
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

@@ -1,5 +1,7 @@
 """The tutorial's app, step 4: policies: retries, and a task that runs only when a request fails."""
 
+import logging
+
 from lilya.exceptions import HTTPException
 
 from esm_tasks import App, BackgroundTask, BackgroundTasks, Include, Response, post, task_policy
@@ -74,3 +76,6 @@ app = App(
     routes=[Include("/shop", routes=[place_order], background=log_shop_visit)],
     background=update_stats,  # after every response of every route, first
 )
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

@@ -1,5 +1,6 @@
 """The tutorial's app, step 5: a dependency, a session that stays open for the tasks."""
 
+import logging
 from collections.abc import AsyncIterator
 
 from lilya.exceptions import HTTPException
@@ -115,3 +116,6 @@ app = App(
     routes=[Include("/shop", routes=[place_order], background=log_shop_visit)],
     background=update_stats,  # after every response of every route, first
 )
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

@@ -1,5 +1,6 @@
 """The tutorial's app, step 6: a dependency list, run for its effect: an API key check."""
 
+import logging
 from collections.abc import AsyncIterator
 
 from lilya.exceptions import HTTPException
@@ -128,3 +129,6 @@ app = App(
     ],
     background=update_stats,  # after every response of every route, first
 )
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

@@ -1,5 +1,6 @@
 """The tutorial's app, step 7: a task with a dependency of its own, resolved when it runs."""
 
+import logging
 from collections.abc import AsyncIterator
 
 from lilya.exceptions import HTTPException
@@ -145,3 +146,6 @@ app = App(
     ],
     background=update_stats,  # after every response of every route, first
 )
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)

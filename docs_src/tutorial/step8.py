@@ -1,5 +1,6 @@
 """The tutorial's app, step 8: detached: the request ends with its body, the app runs the tasks."""
 
+import logging
 from collections.abc import AsyncIterator
 
 from lilya.exceptions import HTTPException
@@ -147,3 +148,6 @@ app = App(
     detach_tasks=True,  # while the app's lifespan runs, each request's run is a task of its own
     shutdown_timeout=30,  # at shutdown, runs in flight get 30 s, then are abandoned and logged
 )
+
+# Served, each task that succeeds logs a line (the outbox is only a list): see Logs.
+logging.getLogger("esm_tasks").setLevel(logging.INFO)
