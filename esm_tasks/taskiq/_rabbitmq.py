@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -214,7 +215,12 @@ class QueueBroker(AioPikaBroker):
         try:
             while True:
                 message = await self._inbox.get()
-                yield Delivery(data=message.body, ack=message.ack, deliveries=_deliveries(message))
+                yield Delivery(
+                    data=message.body,
+                    ack=message.ack,
+                    deliveries=_deliveries(message),
+                    release=functools.partial(_release, message),
+                )
         finally:
             with contextlib.suppress(Exception):  # the channel may be gone with the broker
                 await self.pause()
@@ -301,6 +307,12 @@ class QueueBroker(AioPikaBroker):
         if self.write_channel is None:
             raise RuntimeError("the broker is not started")
         return self.write_channel
+
+
+async def _release(message: AbstractIncomingMessage) -> None:
+    """Back on the queue, unacknowledged; on a channel that is gone, RabbitMQ does it itself."""
+    with contextlib.suppress(Exception):
+        await message.nack(requeue=True)
 
 
 _EARLIER = "x-esm-tasks-deliveries"  # deliveries before a message was handed back
