@@ -138,7 +138,7 @@ def test_the_worker_command_refuses_a_negative_shutdown_timeout(
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("tests.nowhere:app", "esm-tasks dead-letters: tests.nowhere:app: No module named"),
+        ("tests.nowhere:app", "esm-tasks dead-letters: cannot load tests.nowhere:app: No module"),
         (
             "tests.queue_app:create_order",
             "it has no queue backend that keeps dead letters",

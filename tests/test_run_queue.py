@@ -35,7 +35,7 @@ def test_make_run_queue_takes_either_broker(broker: str, tmp_path: pathlib.Path)
         assert response.json() == {"created": "ada@example.com"}
         text = wait_for(log.read_text, "receipt for order 1 to ada@example.com")
         assert "welcome declared on the route" in text
-        expected = "QueueBroker" if broker == "rabbitmq" else "StreamBroker"
+        expected = "RabbitMQ at amqp://" if broker == "rabbitmq" else "Redis at redis://"
         assert f"worker taking runs from {expected}" in text
     finally:
         os.killpg(make.pid, signal.SIGINT)  # as Ctrl-C would: the server, then the workers

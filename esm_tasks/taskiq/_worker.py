@@ -97,7 +97,11 @@ async def work(
             failed = failed or "its listen ended"
             group.cancel_scope.cancel()
 
-    logger.info("worker taking runs from %s, %d at a time", type(broker).__name__, concurrency)
+    queue = getattr(broker, "queue", None) or getattr(broker, "stream", None)
+    logger.info(
+        "worker taking runs from %s%s, %d at a time",
+        *(f"queue {queue} of " if isinstance(queue, str) else "", backend.address, concurrency),
+    )
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(listen, group)
@@ -266,7 +270,10 @@ class _Grace:
         except Exception as error:
             await self._unsettled(message, error, f"{what} could not be dead-lettered")
             return True, run
-        logger.error("%s, is now a dead letter: %s", *(what, reason))
+        logger.error(
+            "%s is now a dead letter: %s (kept in %s; esm-tasks dead-letters MODULE:APP lists it)",
+            *(what, reason, self._dead_place),
+        )
         dead_lettered(self.instruments)
         try:
             await maybe_awaitable(message.ack())
@@ -274,6 +281,12 @@ class _Grace:
             # Kept as a dead letter, and still on the queue: it comes back, to be kept again.
             await self._unsettled(message, error, f"{what} could not be acknowledged", False)
         return True, run
+
+    @property
+    def _dead_place(self) -> str:
+        """Where the broker keeps dead letters, as its operator finds them."""
+        place = getattr(self.broker, "dead", None)
+        return place if isinstance(place, str) else "the dead letters"
 
     async def _unsettled(
         self, message: AckableMessage, error: Exception, what: str, release: bool = True
