@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 
@@ -36,7 +37,7 @@ def test_make_run_queue_takes_either_broker(broker: str, tmp_path: pathlib.Path)
         text = wait_for(log.read_text, "receipt for order 1 to ada@example.com")
         assert "welcome declared on the route" in text
         expected = "RabbitMQ at amqp://" if broker == "rabbitmq" else "Redis at redis://"
-        assert f"worker taking runs from {expected}" in text
+        assert re.search(rf"worker taking runs from queue \S+ of {expected}", text), text
     finally:
         os.killpg(make.pid, signal.SIGINT)  # as Ctrl-C would: the server, then the workers
         make.wait(timeout=60)
