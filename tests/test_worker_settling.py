@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import pytest
 from taskiq import AckableMessage, InMemoryBroker
@@ -22,6 +23,7 @@ from esm_tasks import App
 from esm_tasks.taskiq import TaskiqBackend
 from esm_tasks.taskiq._dead_letters import Delivery
 from esm_tasks.taskiq._outage import Outage
+from esm_tasks.taskiq._rabbitmq import _digest
 from esm_tasks.taskiq._worker import WorkerError, _Grace, work
 
 from . import queue_server
@@ -156,3 +158,112 @@ async def test_a_worker_refuses_a_broker_that_keeps_no_dead_letters() -> None:
     app = App(routes=[queue_server.work], task_backend=backend, queue_tasks=[queue_server.added])
     with pytest.raises(WorkerError, match=r"InMemoryBroker, keeps no dead letters.*from_url"):
         await work(app)
+
+
+class _Plain(_Unsettling):
+    """No outage of its own, no named dead-letter place, and it refuses for good."""
+
+    def __init__(self, deliveries: list[Delivery], for_good: bool) -> None:
+        super().__init__(deliveries)
+        del self.outage, self.dead
+        self.for_good = for_good
+
+    def refused_for_good(self, error: BaseException) -> bool:
+        return self.for_good
+
+
+async def test_a_failed_dead_lettering_refused_for_good_ends_the_worker() -> None:
+    """As at start: waiting would not change the broker's answer. Lost: nothing (the message
+    stays unacknowledged on the broker)."""
+    broker = _Plain([], for_good=True)
+    broker.deliveries = [broker.delivery(b"\xff not a message")]
+    with pytest.raises(ConnectionResetError):
+        [message async for message in _grace(broker).listen()]
+    assert broker.released == []
+
+
+async def test_a_broker_without_an_outage_of_its_own_is_named_by_its_address(
+    task_log: list[logging.LogRecord],
+) -> None:
+    broker = _Plain([], for_good=False)
+    broker.deliveries = [broker.delivery(b"\xff not a message")]
+    assert [message async for message in _grace(broker).listen()] == []
+    [warning] = [r.getMessage() for r in task_log if r.levelno == logging.WARNING]
+    assert "cannot be reached (ConnectionResetError" in warning
+    assert broker.released == [b"\xff not a message"]
+
+
+async def test_a_dead_letter_whose_acknowledgement_fails_is_kept_and_comes_back(
+    task_log: list[logging.LogRecord],
+) -> None:
+    """Lost: nothing. Twice: the dead letter, kept again when the message comes back (its
+    acknowledgement went with its connection)."""
+
+    class Keeping(_Plain):
+        async def dead_letter(self, data: bytes, reason: str) -> None:
+            return None
+
+    broker = Keeping([], for_good=False)
+
+    async def ack() -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    broker.deliveries = [Delivery(data=b"\xff", ack=ack, release=lambda: None)]
+    assert [message async for message in _grace(broker).listen()] == []
+    [error] = [r.getMessage() for r in task_log if r.levelno == logging.ERROR]
+    assert "(kept in the dead letters; esm-tasks dead-letters MODULE:APP lists it)" in error
+    assert any("could not be acknowledged" in r.getMessage() for r in task_log)
+
+
+async def test_a_resume_refused_for_good_ends_the_worker() -> None:
+    broker = _Plain([], for_good=True)
+    broker.deliveries = [broker.delivery(_body("alone"), 2)]
+    source = _grace(broker).listen()
+    first = await anext(source)
+    assert isinstance(first, AckableMessage)
+    await first.ack()
+    with pytest.raises(ConnectionResetError):
+        await anext(source)
+
+
+def test_a_redis_worker_releases_a_message_for_another_claim() -> None:
+    broker: Any = TaskiqBackend.from_url("redis://127.0.0.1:6379/0").broker
+    broker._held.add(b"1-0")
+    broker._release(b"1-0")
+    assert broker._held == set()
+
+
+class _Incoming:
+    """What aio-pika hands a consumer, as much of it as the broker reads."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.headers: dict[str, Any] = {"x-delivery-count": 1}
+        self.nacked = 0
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.nacked += 1
+
+    async def ack(self) -> None:
+        raise AssertionError("a message that was not handed back is not acknowledged")
+
+
+async def test_a_rabbitmq_worker_remembers_what_it_held_at_a_cut() -> None:
+    """What the dead channel had sent and not yet handed on is dropped (RabbitMQ sends it
+    again); what comes back and cannot be handed back is released, and still remembered."""
+    broker: Any = TaskiqBackend.from_url("amqp://guest:guest@127.0.0.1:5672/").broker
+    broker.is_worker_process = True
+    broker.read_conn = connection = object()
+    held, waiting = _Incoming(b"held"), _Incoming(b"waiting")
+    broker._holding[_digest(b"held")] += 1
+    broker._inbox.put_nowait(waiting)
+    broker._lost(object(), ConnectionResetError())  # the write connection: nothing dropped
+    assert broker.buffered() == 1
+    broker._lost(connection, ConnectionResetError())
+    assert broker.buffered() == 0
+    assert dict(broker._cut) == {_digest(b"held"): 1, _digest(b"waiting"): 1}
+    await broker._receive(held)  # not started: its hand-back fails
+    assert held.nacked == 1
+    assert broker._cut[_digest(b"held")] == 1
+    await broker._receive(_Incoming(b"new"))
+    assert broker.buffered() == 1
