@@ -267,3 +267,52 @@ async def test_a_rabbitmq_worker_remembers_what_it_held_at_a_cut() -> None:
     assert broker._cut[_digest(b"held")] == 1
     await broker._receive(_Incoming(b"new"))
     assert broker.buffered() == 1
+
+
+async def test_a_redelivered_run_buffered_behind_a_quarantined_one_goes_back_uncounted(
+    task_log: list[logging.LogRecord],
+) -> None:
+    """Lost: nothing (handed back, to be quarantined in its turn). Twice: nothing."""
+
+    class HandingBack(_Unsettling):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.handed: list[tuple[bytes, int]] = []
+
+        async def hand_back(self, message: AckableMessage, deliveries: int) -> None:
+            self.handed.append((message.data, deliveries))
+
+        async def resume(self) -> None:
+            return None
+
+    broker = HandingBack()
+    alone, behind = _body("alone"), _body("behind")
+    broker.deliveries = [
+        broker.delivery(alone, 2),
+        broker.delivery(b"\xff poison behind"),  # its dead-lettering fails: released
+        broker.delivery(behind, 3),
+    ]
+    source = _grace(broker).listen()
+    first = await anext(source)
+    assert isinstance(first, AckableMessage)
+    assert first.data == alone
+    assert broker.handed == [(behind, 3)]
+    assert broker.released == [b"\xff poison behind"]
+    assert any("goes back to the queue uncounted" in r.getMessage() for r in task_log)
+    await source.aclose()
+
+
+def test_the_worker_command_refuses_a_negative_start_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from esm_tasks._cli import main
+
+    with pytest.raises(SystemExit):
+        main(["worker", "tests.queue_app:create_order", "--start-timeout", "-1"])
+    assert "--start-timeout takes seconds, 0 or more" in capsys.readouterr().err
+
+
+async def test_what_a_broker_hands_out_unacknowledgeable_passes_as_it_is() -> None:
+    broker = _Unsettling([])
+    broker.deliveries = [b"raw"]  # type: ignore[list-item]
+    assert [message async for message in _grace(broker).listen()] == [b"raw"]
