@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--start-timeout",
         type=float,
         default=None,
-        help="seconds to wait for a broker out of reach at start, then exit 2 (wait for good)",
+        help=(
+            "seconds to wait for a broker out of reach at start, then exit 2; "
+            "without it, the worker waits for good"
+        ),
     )
     worker.add_argument(
         "--log-level",
@@ -66,10 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         print(f"esm-tasks worker: {error}", file=sys.stderr)
         return 2
-    try:
-        app = load(arguments.app)
-    except (ImportError, AttributeError, ValueError) as error:
-        print(f"esm-tasks worker: cannot load {arguments.app}: {error}", file=sys.stderr)
+    app = _loaded("worker", arguments.app)
+    if app is None:
         return 2
     try:
         asyncio.run(
@@ -87,16 +88,36 @@ def _dead_letters(target: str, requeue: bool) -> int:
     except ImportError as error:
         print(f"esm-tasks dead-letters: {error}", file=sys.stderr)
         return 2
+    app = _loaded("dead-letters", target)
+    if app is None:
+        return 2
     try:
-        letters = asyncio.run(dead_letters(load(target), requeue=requeue))
-    except Exception as error:  # a bad target, or a broker out of reach: said in one line
+        letters = asyncio.run(dead_letters(app, requeue=requeue))
+    except Exception as error:  # no queue backend, or a broker out of reach: one line
         print(f"esm-tasks dead-letters: {target}: {error}", file=sys.stderr)
         return 2
     for letter in letters:
         print(describe(letter))
-    done = "requeued" if requeue else "dead letters"
-    print(f"{len(letters)} {done}", file=sys.stderr)
+    # The summary is part of the answer (stdout), as the listing is.
+    count = len(letters)
+    print(f"{count} requeued" if requeue else f"{count} dead letter{'' if count == 1 else 's'}")
     return 0
+
+
+def _loaded(command: str, target: str) -> Any:
+    """The app `target` names, or None once `command` has said on stderr why it cannot be
+    loaded, in the same words for every command."""
+    try:
+        return load(target)
+    except (ImportError, AttributeError, ValueError) as error:
+        hint = ""
+        module = target.partition(":")[0]
+        missing = error.name if isinstance(error, ModuleNotFoundError) else None
+        if missing and (module == missing or module.startswith(f"{missing}.")):
+            # The usual cause: run from another folder than the one the module is in.
+            hint = "; run it from the folder that holds the module, or set PYTHONPATH"
+        print(f"esm-tasks {command}: cannot load {target}: {error}{hint}", file=sys.stderr)
+        return None
 
 
 def load(target: str) -> Any:

@@ -497,10 +497,10 @@ def test_a_dead_letter_requeued_runs_on_a_worker(
         await broker_.shutdown()
 
     anyio.run(bury)
-    assert "1 requeued" in _dead_letters(environment, "--requeue").stderr
+    assert "1 requeued" in _dead_letters(environment, "--requeue").stdout
     with worker(environment) as process:
         assert lines(environment, 1) == [["added", "buried", str(process.pid)]]
-    assert "0 dead letters" in _dead_letters(environment).stderr
+    assert "0 dead letters" in _dead_letters(environment).stdout
 
 
 @pytest.mark.parametrize("broker", sorted(BROKERS))

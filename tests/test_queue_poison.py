@@ -179,7 +179,8 @@ def test_no_message_kills_a_worker_and_each_is_a_dead_letter_listed_in_one_line(
     assert "[request h1\\nERROR esm_tasks: a forged line]" in written
     # The listing: one escaped line per dead letter, whatever it holds.
     listed = _dead_letters(environment)
-    shown = listed.stdout.splitlines()
+    *shown, summary = listed.stdout.splitlines()
+    assert summary == f"{len(HOSTILE)} dead letters"
     assert len(shown) == len(HOSTILE)
     assert all(" -- " in line for line in shown)
     assert all(len(line) < 2000 for line in shown)
@@ -187,8 +188,8 @@ def test_no_message_kills_a_worker_and_each_is_a_dead_letter_listed_in_one_line(
     assert "(not a run: b'\\xff\\xfe" in shown[0]
     assert "(group)" in shown[5]  # nested groups: named as far as the listing goes
     # --requeue sends every one back, 10 MB and 3,000 deep included; a worker refuses them again.
-    assert f"{len(HOSTILE)} requeued" in _dead_letters(environment, "--requeue").stderr
-    assert "0 dead letters" in _dead_letters(environment).stderr
+    assert f"{len(HOSTILE)} requeued" in _dead_letters(environment, "--requeue").stdout
+    assert "0 dead letters" in _dead_letters(environment).stdout
     with logged_worker(environment, log):
         _until(lambda: len(_reasons()) == len(HOSTILE), "not dead letters again")
     assert [line[0] for line in lines(environment, 1, deadline=0)] == ["added"]  # ran once
@@ -252,7 +253,8 @@ def test_a_run_that_kills_its_worker_is_dead_lettered_and_the_runs_beside_it_are
     assert ran.count(("poison", "p1")) == 2, ran
     [reason] = _reasons()
     assert reason.startswith("delivered 3 times; its worker died each time it ran, 1 of them")
-    [line] = _dead_letters(environment).stdout.splitlines()
+    [line, summary] = _dead_letters(environment).stdout.splitlines()
+    assert summary == "1 dead letter"
     assert "POST /poison/p1 [request " in line
     assert "tests.queue_server:poison" in line
     written = log.read_text()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -47,6 +48,23 @@ def _retrieved(attempt: asyncio.Future[None]) -> None:
 _CHECKING = Run({}, Settings(), None)  # what a run is encoded with only to check it
 
 MAX_MESSAGE_SIZE = 1024 * 1024  # bytes: far above a run of a few tasks, far below any broker's
+
+
+def _seconds(where: str, value: object) -> None:
+    """`value` must be seconds: a finite number above 0, not a bool (True is not 1 s)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{where} takes seconds, a finite number above 0, got {value!r}")
+
+
+def _flag(where: str, value: object) -> None:
+    """`value` must be True or False: "no" is a truthy string, not a no."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} takes True or False, got {value!r}")
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -105,14 +123,19 @@ class TaskiqBackend:
     ) -> None:
         if not isinstance(broker, AsyncBroker):
             raise TypeError(f"TaskiqBackend takes a taskiq broker, got {broker!r}")
-        if not isinstance(send_timeout, (int, float)) or send_timeout <= 0:
-            raise ValueError(f"TaskiqBackend(send_timeout=...) takes seconds, got {send_timeout!r}")
+        _seconds("TaskiqBackend(send_timeout=...)", send_timeout)
+        _flag("TaskiqBackend(strict=...)", strict)
+        _flag("TaskiqBackend(send_before_response=...)", send_before_response)
         if strict and not send_before_response:
             raise ValueError(
                 "TaskiqBackend(strict=True) sends before the response, to answer 503 when the "
                 "broker does not take a run; it cannot take send_before_response=False"
             )
-        if not isinstance(max_message_size, int) or max_message_size < 1024:
+        if (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or max_message_size < 1024
+        ):
             raise ValueError(
                 "TaskiqBackend(max_message_size=...) takes bytes, 1024 or more, "
                 f"got {max_message_size!r}"
@@ -166,6 +189,20 @@ class TaskiqBackend:
             raise ValueError(
                 f"TaskiqBackend.from_url takes a URL with its scheme, got {url!r}: for "
                 f"RabbitMQ amqp://{url} (or amqps://), for Redis redis://{url} (or rediss://)"
+            )
+        if not isinstance(queue, str) or not queue.strip():
+            raise ValueError(
+                f"TaskiqBackend.from_url(queue=...) takes a queue's name, got {queue!r}"
+            )
+        _seconds("TaskiqBackend.from_url(claim_after=...)", claim_after)
+        if (
+            isinstance(max_deliveries, bool)
+            or not isinstance(max_deliveries, int)
+            or max_deliveries < 1
+        ):
+            raise ValueError(
+                "TaskiqBackend.from_url(max_deliveries=...) takes a whole number, 1 or more, "
+                f"got {max_deliveries!r}"
             )
         scheme = url.partition("://")[0].lower()
         broker: AsyncBroker

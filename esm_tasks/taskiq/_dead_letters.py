@@ -9,6 +9,7 @@ delivered too many times (it killed its worker each time it ran alone).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,9 @@ class Delivery(AckableMessage):
     to dead-letter one that keeps killing its workers."""
 
     deliveries: int = 1
+    # Gives the message back unacknowledged, for the broker to deliver again: what a worker
+    # does with one it could neither run nor settle (its dead-lettering failed in an outage).
+    release: Callable[[], Awaitable[None] | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import hashlib
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -130,6 +132,10 @@ class QueueBroker(AioPikaBroker):
         self._consumed: AbstractQueue | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._tag: ConsumerTag | None = None
+        # Digests of the bodies this worker holds (handed on, not yet settled), and of those
+        # it held when its connection was cut, which RabbitMQ delivers again.
+        self._holding: collections.Counter[bytes] = collections.Counter()
+        self._cut: collections.Counter[bytes] = collections.Counter()
         self.outage = Outage(
             f"RabbitMQ at {hidden(url)}",
             "the worker finishes the runs it holds (RabbitMQ delivers them again, as their "
@@ -156,6 +162,15 @@ class QueueBroker(AioPikaBroker):
     def _lost(self, connection: Any, error: BaseException | None = None) -> None:
         if not self._closing and isinstance(error, Exception):
             self.outage.failed(error)
+        if self._closing or connection is not self.read_conn:
+            return
+        # The deliveries of the channel that went with it come back, counted as if this
+        # worker had died with them: remembered, so that each is taken back uncounted (see
+        # `_receive`). Those not yet handed on are dropped now: run, they would run twice.
+        self._cut.update(self._holding)
+        self._holding.clear()  # none of them can be settled on the channel that went
+        while not self._inbox.empty():
+            self._cut[_digest(self._inbox.get_nowait().body)] += 1
 
     def _back(self, connection: Any) -> None:
         self.outage.ended()
@@ -214,10 +229,57 @@ class QueueBroker(AioPikaBroker):
         try:
             while True:
                 message = await self._inbox.get()
-                yield Delivery(data=message.body, ack=message.ack, deliveries=_deliveries(message))
+                key = _digest(message.body)
+                delivery = Delivery(
+                    data=message.body,
+                    ack=functools.partial(self._settle, message.ack, key),
+                    deliveries=_deliveries(message),
+                    release=functools.partial(
+                        self._settle, functools.partial(_release, message), key
+                    ),
+                )
+                self._holding[key] += 1
+                yield delivery
         finally:
             with contextlib.suppress(Exception):  # the channel may be gone with the broker
                 await self.pause()
+
+    async def _settle(self, settle: Any, key: bytes) -> None:
+        """Acknowledge (or release) a message: no longer held by this worker. One whose
+        acknowledgement fails stays held: its connection is going, and the news of it (`_lost`)
+        may come after."""
+        await maybe_awaitable(settle())
+        if self._holding[key] > 0:  # (not if `_lost` moved it to `_cut` meanwhile)
+            self._holding[key] -= 1
+        if self._holding[key] <= 0:
+            del self._holding[key]
+
+    async def _receive(self, message: AbstractIncomingMessage) -> None:
+        """RabbitMQ's delivery: into the inbox, unless it is one this worker held when its
+        connection was cut, delivered again."""
+        key = _digest(message.body)
+        if self._cut[key] <= 0:
+            await self._inbox.put(message)
+            return
+        # Its worker did not die, so this delivery is not counted: handed back with the count
+        # it had before the cut, it then runs as it would have, behind what is queued. Kept
+        # out of the inbox, it is never run from a channel that may go again.
+        self._cut[key] -= 1
+        if self._cut[key] <= 0:
+            del self._cut[key]
+        delivery = Delivery(data=message.body, ack=message.ack, deliveries=_deliveries(message))
+        try:
+            await self.hand_back(delivery, delivery.deliveries - 1)
+        except Exception as error:
+            # The connection went again (it comes back again) or only the publish failed.
+            logger.debug("a run held at a cut could not be handed back (%r)", error)
+            self._cut[key] += 1
+            await _release(message)
+            return
+        logger.info(
+            "a run this worker held when its connection was cut came back; it goes back to "
+            "the queue uncounted, as its worker did not die"
+        )
 
     async def pause(self) -> None:
         """Stop deliveries. What RabbitMQ sent before stays in `buffered` for the worker."""
@@ -230,7 +292,7 @@ class QueueBroker(AioPikaBroker):
 
     async def resume(self) -> None:
         if self._tag is None and self._consumed is not None:
-            self._tag = await self._consumed.consume(self._inbox.put)
+            self._tag = await self._consumed.consume(self._receive)
 
     def buffered(self) -> int:
         """Messages RabbitMQ has sent and `listen` has not yet handed on."""
@@ -301,6 +363,16 @@ class QueueBroker(AioPikaBroker):
         if self.write_channel is None:
             raise RuntimeError("the broker is not started")
         return self.write_channel
+
+
+async def _release(message: AbstractIncomingMessage) -> None:
+    """Back on the queue, unacknowledged; on a channel that is gone, RabbitMQ does it itself."""
+    with contextlib.suppress(Exception):
+        await message.nack(requeue=True)
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 _EARLIER = "x-esm-tasks-deliveries"  # deliveries before a message was handed back

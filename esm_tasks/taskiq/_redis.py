@@ -247,6 +247,7 @@ class StreamBroker(AsyncBroker):
                     data=fields.get(b"data", b""),  # an entry another client wrote: screened
                     ack=functools.partial(self._ack, entry_id),
                     deliveries=self._deliveries.pop(entry_id, 1),
+                    release=functools.partial(self._release, entry_id),
                 )
         finally:
             self._listening = False
@@ -369,6 +370,11 @@ class StreamBroker(AsyncBroker):
                 "a finished run could not be acknowledged (%s); the heartbeat tries again",
                 cause(error),
             )
+
+    def _release(self, entry_id: bytes) -> None:
+        """No longer kept this worker's by the heartbeat: after `claim_after` seconds, a worker
+        (this one too) claims it again."""
+        self._held.discard(entry_id)
 
     async def _acknowledge(self, entry_ids: list[bytes]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -53,6 +53,13 @@ async def work(
             "App(task_backend=TaskiqBackend...)"
         )
     broker = backend.broker
+    if not isinstance(broker, KeepsDeadLetters):
+        # It would have to drop what it cannot run: a message is never dropped.
+        raise WorkerError(
+            f"its broker, {type(broker).__name__}, keeps no dead letters, so a worker would drop "
+            "the messages it cannot run; build it with TaskiqBackend.from_url(...) "
+            "(RabbitMQ or Redis)"
+        )
     broker.is_worker_process = True
     stop = stop or anyio.Event()
     if not await _start(backend, connect_timeout, start_timeout, stop):
@@ -90,7 +97,11 @@ async def work(
             failed = failed or "its listen ended"
             group.cancel_scope.cancel()
 
-    logger.info("worker taking runs from %s, %d at a time", type(broker).__name__, concurrency)
+    queue = getattr(broker, "queue", None) or getattr(broker, "stream", None)
+    logger.info(
+        "worker taking runs from %s%s, %d at a time",
+        *(f"queue {queue} of " if isinstance(queue, str) else "", backend.address, concurrency),
+    )
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(listen, group)
@@ -209,7 +220,13 @@ class _Grace:
             if buried:
                 continue
             if more > 1:
-                await pausable.hand_back(other, more)
+                try:
+                    await pausable.hand_back(other, more)
+                except Exception as error:
+                    # Published perhaps, not acknowledged: it comes back, maybe twice.
+                    what = f"{named(other_run)}, delivered {more} times, could not be handed back"
+                    await self._unsettled(other, error, what)
+                    continue
                 logger.info(
                     "%s, delivered %d times, goes back to the queue uncounted to wait its turn",
                     *(named(other_run), more),
@@ -225,7 +242,7 @@ class _Grace:
         yield admitted
         await done.wait()  # nothing else starts on this worker until it ends
         if pausable is not None:  # (a worker that stops does not: its listen ends)
-            await pausable.resume()
+            await self._resume(pausable)
 
     def _track(self, message: AckableMessage) -> tuple[AckableMessage, asyncio.Event]:
         """The message as taskiq gets it, counted as running until it is acknowledged."""
@@ -245,15 +262,66 @@ class _Grace:
             return False, run
         # What the message is, read from no more than its first bytes, escaped.
         what = f"run {bounded(run.run_id, 100)}, {describe(message.data)}" if run else "a message"
-        if isinstance(self.broker, KeepsDeadLetters):
+        # The worker refuses at start a broker that keeps no dead letters (see `work`).
+        assert isinstance(self.broker, KeepsDeadLetters), "checked by work()"
+        try:
             # taskiq would log it and acknowledge it: kept instead, never dropped.
             await self.broker.dead_letter(message.data, reason)
-            logger.error("%s, is now a dead letter: %s", what, reason)
-            dead_lettered(self.instruments)
-        else:
-            logger.error("%s, is dropped (this broker keeps no dead letters): %s", what, reason)
-        await maybe_awaitable(message.ack())
+        except Exception as error:
+            await self._unsettled(message, error, f"{what} could not be dead-lettered")
+            return True, run
+        logger.error(
+            "%s is now a dead letter: %s (kept in %s; esm-tasks dead-letters MODULE:APP lists it)",
+            *(what, reason, self._dead_place),
+        )
+        dead_lettered(self.instruments)
+        try:
+            await maybe_awaitable(message.ack())
+        except Exception as error:
+            # Kept as a dead letter, and still on the queue: it comes back, to be kept again.
+            await self._unsettled(message, error, f"{what} could not be acknowledged", False)
         return True, run
+
+    @property
+    def _dead_place(self) -> str:
+        """Where the broker keeps dead letters, as its operator finds them."""
+        place = getattr(self.broker, "dead", None)
+        return place if isinstance(place, str) else "the dead letters"
+
+    async def _unsettled(
+        self, message: AckableMessage, error: Exception, what: str, release: bool = True
+    ) -> None:
+        """A message that will not run here could not be settled (dead-lettered, handed back,
+        acknowledged): the broker is out of reach, or the channel it came on is gone. Said as
+        the broker's outage (once), and left unacknowledged, for the broker to deliver it
+        again; the worker goes on. A refusal for good ends the worker, as at start."""
+        if getattr(self.broker, "refused_for_good", lambda error: False)(error):
+            raise error
+        outage = getattr(self.broker, "outage", None)
+        if isinstance(outage, Outage):
+            outage.failed(error)
+        else:
+            logger.warning("%s cannot be reached (%s)", self.backend.address, cause(error))
+        logger.info("%s (%s); the broker delivers it again", what, cause(error))
+        give_back = getattr(message, "release", None)
+        if release and give_back is not None:
+            await maybe_awaitable(give_back())
+
+    async def _resume(self, pausable: _Pausable) -> None:
+        """Deliveries again, once the broker takes the request: a worker that stayed paused
+        would look alive and take nothing."""
+        waits = backoff()
+        while True:
+            try:
+                await pausable.resume()
+                return
+            except Exception as error:
+                if getattr(self.broker, "refused_for_good", lambda error: False)(error):
+                    raise
+                outage = getattr(self.broker, "outage", None)
+                if isinstance(outage, Outage):
+                    outage.failed(error)
+                await anyio.sleep(next(waits))
 
     def _screen(self, data: bytes, deliveries: int) -> tuple[str | None, RunMessage | None]:
         """Why a message will not run here, or None; and its run, if it decoded."""
