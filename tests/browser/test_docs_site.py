@@ -125,12 +125,14 @@ def test_search_finds_idempotency(page: Page, site: str) -> None:
     page.get_by_role("button", name="Search").click()
     page.keyboard.type("idempotency")
     # The results are options of a list box, each a link to a section of a page.
-    result = page.get_by_role("option", name=re.compile("^The idempotency key"))
+    heading = "Idempotency keys and the Idempotency-Key header"
+    result = page.get_by_role("option", name=re.compile(f"^{heading}"))
     expect(result).to_be_visible()
-    expect(result).to_have_attribute("href", re.compile(r"/scaling-out/.*#the-idempotency-key$"))
+    anchor = r"/scaling-out/.*#idempotency-keys-and-the-idempotency-key-header$"
+    expect(result).to_have_attribute("href", re.compile(anchor))
     result.click()
-    expect(page).to_have_url(re.compile(r"/scaling-out/.*#the-idempotency-key$"))
-    expect(page.get_by_role("heading", name="The idempotency key")).to_be_in_viewport()
+    expect(page).to_have_url(re.compile(anchor))
+    expect(page.get_by_role("heading", name=heading)).to_be_in_viewport()
 
 
 def test_every_include_was_expanded(site: str) -> None:
